@@ -1,0 +1,150 @@
+#include "ops/op_util.h"
+
+#include <cctype>
+#include <cstdlib>
+#include <sstream>
+
+using mxnet::ext::MXDType;
+
+namespace bmx {
+namespace ops {
+
+bool check_attr_names(const char* op, const Attrs& attrs, const std::vector<std::string>& known) {
+  for (const auto& kv : attrs) {
+    if (is_internal_attr(kv.first)) continue;
+    bool found = false;
+    for (const auto& k : known) found = found || (k == kv.first);
+    if (!found) {
+      std::string list;
+      for (const auto& k : known) list += (list.empty() ? "" : ", ") + k;
+      MX_ERROR_MSG << op << ": unknown attribute '" << kv.first << "'; expected only: "
+                   << (list.empty() ? "none" : list);
+      return false;
+    }
+  }
+  return true;
+}
+
+static bool parse_int(const std::string& text, int64_t* value) {
+  std::string t;
+  for (char ch : text)
+    if (!std::isspace(static_cast<unsigned char>(ch))) t += ch;
+  if (t.empty() || t.size() > 18) return false;
+  char* end = nullptr;
+  long long v = std::strtoll(t.c_str(), &end, 10);
+  if (end == nullptr || *end != '\0') return false;
+  *value = v;
+  return true;
+}
+
+bool read_int(const char* op, const Attrs& attrs, const std::string& key, int64_t fallback,
+              int64_t lo, int64_t hi, int64_t* value) {
+  auto it = attrs.find(key);
+  if (it == attrs.end()) {
+    *value = fallback;
+    return true;
+  }
+  int64_t v = 0;
+  if (!parse_int(it->second, &v) || v < lo || v > hi) {
+    MX_ERROR_MSG << op << ": attribute " << key << "='" << it->second
+                 << "' must be an integer in [" << lo << ", " << hi << "]";
+    return false;
+  }
+  *value = v;
+  return true;
+}
+
+bool read_pair(const char* op, const Attrs& attrs, const std::string& key, int64_t fallback,
+               int64_t lo, int64_t hi, int64_t* first, int64_t* second) {
+  auto it = attrs.find(key);
+  if (it == attrs.end()) {
+    *first = *second = fallback;
+    return true;
+  }
+  std::string body;
+  for (char ch : it->second)
+    if (ch != '(' && ch != ')' && ch != '[' && ch != ']') body += ch;
+  std::vector<int64_t> values;
+  std::stringstream ss(body);
+  std::string item;
+  bool ok = true;
+  while (std::getline(ss, item, ',')) {
+    int64_t v = 0;
+    bool blank = item.find_first_not_of(" \t") == std::string::npos;
+    if (blank && ss.eof() && !values.empty()) break;  // trailing comma, as in "(3,)"
+    if (!parse_int(item, &v)) ok = false;
+    values.push_back(v);
+  }
+  if (values.size() == 1) values.push_back(values[0]);
+  if (!ok || values.size() != 2 || values[0] < lo || values[0] > hi || values[1] < lo ||
+      values[1] > hi) {
+    MX_ERROR_MSG << op << ": attribute " << key << "='" << it->second
+                 << "' must be one integer or a pair of integers, each in [" << lo << ", " << hi
+                 << "]";
+    return false;
+  }
+  *first = values[0];
+  *second = values[1];
+  return true;
+}
+
+bool read_bool(const char* op, const Attrs& attrs, const std::string& key, bool fallback,
+               bool* value) {
+  auto it = attrs.find(key);
+  if (it == attrs.end()) {
+    *value = fallback;
+    return true;
+  }
+  const std::string& v = it->second;
+  if (v == "True" || v == "true" || v == "1") {
+    *value = true;
+  } else if (v == "False" || v == "false" || v == "0") {
+    *value = false;
+  } else {
+    MX_ERROR_MSG << op << ": attribute " << key << "='" << v << "' must be True or False";
+    return false;
+  }
+  return true;
+}
+
+const char* dtype_name(int dtype) {
+  switch (dtype) {
+    case MXDType::kFloat32: return "float32";
+    case MXDType::kFloat64: return "float64";
+    case MXDType::kFloat16: return "float16";
+    case MXDType::kUint8: return "uint8";
+    case MXDType::kInt32: return "int32";
+    case MXDType::kInt8: return "int8";
+    case MXDType::kInt64: return "int64";
+    default: return "unknown";
+  }
+}
+
+bool check_dtype(const char* op, const std::vector<int>& types, size_t index, const char* name,
+                 int expected) {
+  if (types[index] != expected) {
+    MX_ERROR_MSG << op << ": input '" << name << "' must be " << dtype_name(expected)
+                 << ", got " << dtype_name(types[index]);
+    return false;
+  }
+  return true;
+}
+
+std::string shape_str(const std::vector<unsigned int>& shape) {
+  std::string s = "(";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + (shape.size() == 1 ? ",)" : ")");
+}
+
+bool check_rank(const char* op, const Shapes& shapes, size_t index, const char* name,
+                size_t rank, const char* layout) {
+  if (shapes[index].size() != rank) {
+    MX_ERROR_MSG << op << ": input '" << name << "' must have rank " << rank << " (" << layout
+                 << "), got shape " << shape_str(shapes[index]);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace ops
+}  // namespace bmx

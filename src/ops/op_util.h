@@ -1,0 +1,54 @@
+// Shared lib_api glue for the bmx_* ops: attribute parsing and input checks that fail with a
+// message (MX_ERROR_MSG + MX_FAIL) instead of crashing. No kernels here.
+#ifndef BMXNET_OPS_OP_UTIL_H_
+#define BMXNET_OPS_OP_UTIL_H_
+
+#include <cstdint>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "mxnet/lib_api.h"
+
+namespace bmx {
+namespace ops {
+
+using Attrs = std::unordered_map<std::string, std::string>;
+using Shapes = std::vector<std::vector<unsigned int>>;
+
+// Attributes MXNet itself adds to every node (e.g. __ext_shape__); never user errors.
+inline bool is_internal_attr(const std::string& key) {
+  return key.size() > 2 && key[0] == '_' && key[1] == '_';
+}
+
+// Fails on any attribute not in `known`, naming the op and what it accepts.
+bool check_attr_names(const char* op, const Attrs& attrs, const std::vector<std::string>& known);
+
+// Reads an integer attribute; `fallback` when absent. False (with a message) when not an integer
+// in [lo, hi].
+bool read_int(const char* op, const Attrs& attrs, const std::string& key, int64_t fallback,
+              int64_t lo, int64_t hi, int64_t* value);
+
+// Reads "(a, b)", "[a,b]" or "a" (broadcast to both) as two integers in [lo, hi].
+bool read_pair(const char* op, const Attrs& attrs, const std::string& key, int64_t fallback,
+               int64_t lo, int64_t hi, int64_t* first, int64_t* second);
+
+// Reads "True"/"False"/"1"/"0".
+bool read_bool(const char* op, const Attrs& attrs, const std::string& key, bool fallback,
+               bool* value);
+
+// Checks the dtype of input `index`, naming it and the expected type.
+bool check_dtype(const char* op, const std::vector<int>& types, size_t index, const char* name,
+                 int expected);
+
+// Checks rank of an input shape.
+bool check_rank(const char* op, const Shapes& shapes, size_t index, const char* name,
+                size_t rank, const char* layout);
+
+std::string shape_str(const std::vector<unsigned int>& shape);
+const char* dtype_name(int dtype);
+
+}  // namespace ops
+}  // namespace bmx
+
+#endif  // BMXNET_OPS_OP_UTIL_H_
