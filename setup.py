@@ -5,6 +5,7 @@ MXNet 1.9.1 installation. We look for it, in order, at ``$MXNET_ROOT`` and at th
 visible to this build (pip's isolated build environment installs the CPU wheel for this; with
 ``--no-build-isolation`` it is the MXNet of the target environment, e.g. an ``mxnet-cuXXX`` wheel).
 """
+import glob
 import importlib.util
 import os
 import shutil
@@ -16,7 +17,8 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPS_LIBRARY = "libbmxnet_ops.so"
-KERNEL_SOURCES = ["src/kernels/bitpack.cc"]
+# The Cython bindings compile the same kernel sources as the op library.
+KERNEL_SOURCES = sorted(glob.glob("src/kernels/*.cc"))
 
 
 class BuildError(RuntimeError):
