@@ -18,24 +18,30 @@ def sign(F, x):
     return (x >= 0) * 2 - 1
 
 
-def _with_surrogate_gradient(F, x, forward, surrogate):
-    # forward + (s - stop_gradient(s)) has the value of `forward` exactly (s - s == 0 for any
-    # finite s) and the gradient of `s`. NaN positions would turn s - s into NaN, so they keep the
-    # plain forward value and get no gradient.
-    straight_through = forward + (surrogate - F.BlockGrad(surrogate))
-    return F.where(x == x, straight_through, forward)
+# Stand-in for "no clipping": finite, far beyond any activation or latent weight.
+_NO_CLIP = 1e30
+
+
+def _finite_or_zero(F, x):
+    # NaN -> 0 with no gradient, so no NaN reaches a surrogate's value or its backward pass.
+    return F.where(x == x, x, F.zeros_like(x))
+
+
+def _with_surrogate_gradient(F, forward, surrogate):
+    # forward + (s - stop_gradient(s)) has exactly the value of `forward` (s - s == 0 for any
+    # finite s) and the gradient of `s`. Surrogates are built from finite inputs only.
+    return forward + (surrogate - F.BlockGrad(surrogate))
 
 
 def det_sign(F, x, clip_threshold=1.0):
     """Forward :func:`sign`; backward straight-through, cancelled where ``|x| > clip_threshold``.
 
     ``clip_threshold=None`` passes the gradient everywhere (the identity gradient used for
-    latent binary weights).
+    latent binary weights); ±inf and NaN get no gradient.
     """
-    if clip_threshold is None:
-        return _with_surrogate_gradient(F, x, sign(F, x), x)
-    return _with_surrogate_gradient(F, x, sign(F, x),
-                                    F.clip(x, -clip_threshold, clip_threshold))
+    limit = _NO_CLIP if clip_threshold is None else clip_threshold
+    surrogate = F.clip(_finite_or_zero(F, x), -limit, limit)
+    return _with_surrogate_gradient(F, sign(F, x), surrogate)
 
 
 def approx_sign(F, x):
@@ -43,8 +49,8 @@ def approx_sign(F, x):
 
     The surrogate ``2c - c|c|`` with ``c = clip(x, -1, 1)`` has exactly that derivative.
     """
-    c = F.clip(x, -1.0, 1.0)
-    return _with_surrogate_gradient(F, x, sign(F, x), 2 * c - c * F.abs(c))
+    c = F.clip(_finite_or_zero(F, x), -1.0, 1.0)
+    return _with_surrogate_gradient(F, sign(F, x), 2 * c - c * F.abs(c))
 
 
 class Quantizer(HybridBlock):
