@@ -2,6 +2,7 @@
 
 #include <cctype>
 #include <cstdlib>
+#include <cstring>
 #include <sstream>
 
 using mxnet::ext::MXDType;
@@ -144,6 +145,27 @@ bool check_rank(const char* op, const Shapes& shapes, size_t index, const char* 
     return false;
   }
   return true;
+}
+
+static size_t dtype_bytes(int dtype) {
+  switch (dtype) {
+    case MXDType::kFloat64:
+    case MXDType::kInt64: return 8;
+    case MXDType::kFloat32:
+    case MXDType::kInt32: return 4;
+    case MXDType::kFloat16: return 2;
+    default: return 1;
+  }
+}
+
+mxnet::ext::MXReturnValue zero_backward(const Attrs& attrs,
+                                        std::vector<mxnet::ext::MXTensor>* inputs,
+                                        std::vector<mxnet::ext::MXTensor>* outputs,
+                                        const mxnet::ext::OpResource& res) {
+  for (auto& grad : *outputs) {
+    std::memset(grad.data_ptr, 0, grad.size() * dtype_bytes(grad.dtype));
+  }
+  return mxnet::ext::MX_SUCCESS;
 }
 
 }  // namespace ops

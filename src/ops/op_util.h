@@ -46,6 +46,15 @@ bool check_rank(const char* op, const Shapes& shapes, size_t index, const char* 
                 size_t rank, const char* layout);
 
 std::string shape_str(const std::vector<unsigned int>& shape);
+
+// Backward of every bmx_* op: zero gradients for all inputs. The ops are inference forms of
+// binary layers (sign has zero derivative almost everywhere); a backward must still exist because
+// MXNet 1.9's CachedOp (every hybridized block, every SymbolBlock) builds the gradient graph of
+// all its operators up front and rejects operators that have none.
+mxnet::ext::MXReturnValue zero_backward(const Attrs& attrs,
+                                        std::vector<mxnet::ext::MXTensor>* inputs,
+                                        std::vector<mxnet::ext::MXTensor>* outputs,
+                                        const mxnet::ext::OpResource& res);
 const char* dtype_name(int dtype);
 
 }  // namespace ops

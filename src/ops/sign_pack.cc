@@ -59,4 +59,5 @@ REGISTER_OP(bmx_sign_pack)
     .setParseAttrs(parse_attrs)
     .setInferType(infer_type)
     .setInferShape(infer_shape)
-    .setForward(forward, "cpu");
+    .setForward(forward, "cpu")
+    .setBackward(bmx::ops::zero_backward, "cpu");
