@@ -1,0 +1,43 @@
+"""The model registry: ``@register_model``, :func:`get_model`, :func:`list_models`."""
+import difflib
+import fnmatch
+
+__all__ = ["register_model", "get_model", "list_models"]
+
+_MODELS = {}
+
+
+def register_model(fn):
+    """Registers a network constructor under its function name; a second one of that name is
+    refused with ValueError."""
+    name = fn.__name__
+    if name in _MODELS:
+        previous = _MODELS[name]
+        raise ValueError(f"a model named {name!r} is already registered (by "
+                         f"{previous.__module__}.{previous.__qualname__})")
+    _MODELS[name] = fn
+    return fn
+
+
+def list_models(pattern=None):
+    """Sorted names of the registered models, optionally filtered by a shell-style ``pattern``
+    (``fnmatch``, e.g. ``"meliusnet*"``)."""
+    names = sorted(_MODELS)
+    if pattern is not None:
+        names = [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+    return names
+
+
+def get_model(name, **kwargs):
+    """Builds the registered model ``name``.
+
+    Keyword arguments that are ``None`` are dropped, so a caller (e.g. a CLI whose options default
+    to None) never overrides the model's own defaults. An unknown name raises ValueError naming
+    the closest registered names.
+    """
+    if name not in _MODELS:
+        close = difflib.get_close_matches(str(name), _MODELS, n=3, cutoff=0.5)
+        hint = (f"did you mean {', '.join(close)}?" if close
+                else f"known models: {', '.join(sorted(_MODELS))}")
+        raise ValueError(f"unknown model {name!r}; {hint}")
+    return _MODELS[name](**{key: value for key, value in kwargs.items() if value is not None})
