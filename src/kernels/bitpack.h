@@ -5,6 +5,12 @@
 // c % 32 (LSB first). A bit is 1 iff x >= 0, i.e. sign(x) = +1 (0 and -0 give +1; NaN gives 0,
 // i.e. -1, the same as the training-side quantizers). Bits past C in the last word are always 0.
 //
+// Grouped form (for grouped convolutions): the C channels split into `groups` groups of
+// C / groups channels, and each group is packed on its own into words_for_channels(C / groups)
+// words, so a group never shares a word with the next one:
+//   [N][H][W][groups][words_for_channels(C / groups)], tails of every group masked.
+// With groups == 1 this is the plain layout above.
+//
 // No MXNet types here: these functions serve the MXNet ops and the Cython bindings alike.
 #ifndef BMXNET_KERNELS_BITPACK_H_
 #define BMXNET_KERNELS_BITPACK_H_
@@ -19,8 +25,25 @@ inline int64_t words_for_channels(int64_t channels) {
   return (channels + kWordBits - 1) / kWordBits;
 }
 
+// The word with the lowest `bits` bits set (bits in [1, 32]): the valid bits of a tail word.
+inline uint32_t low_bits_mask(int64_t bits) {
+  return bits >= kWordBits ? 0xFFFFFFFFu : ((1u << bits) - 1u);
+}
+
 // x: [n][c][h][w] floats; out: [n][h][w][words_for_channels(c)] words, fully overwritten.
 void pack_nchw(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, uint32_t* out);
+
+// Packs x: [n][c][h][w] in the grouped layout into a spatially padded buffer
+//   out: [n][h + 2 * pad_h][w + 2 * pad_w][groups][words_for_channels(c / groups)],
+// fully overwritten. Padding pixels hold -1 in every channel (all bits 0) or, with pad_ones,
+// +1 (the valid bits of every group set; tails stay 0). Requires groups >= 1 dividing c.
+void pack_nchw_padded(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t groups,
+                      int64_t pad_h, int64_t pad_w, bool pad_ones, uint32_t* out);
+
+// True when none of `vectors` packed vectors of `channels` bits (words_for_channels(channels)
+// words each, back to back) has a bit set past `channels`: packed weights read with the wrong
+// channel count would otherwise count their tail bits as mismatches.
+bool tail_bits_clear(const uint32_t* packed, int64_t vectors, int64_t channels);
 
 // in: [n][h][w][words_for_channels(c)] words; out: [n][c][h][w] of +1.0f / -1.0f.
 void unpack_to_nchw(const uint32_t* in, int64_t n, int64_t c, int64_t h, int64_t w, float* out);

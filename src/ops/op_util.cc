@@ -108,6 +108,25 @@ bool read_bool(const char* op, const Attrs& attrs, const std::string& key, bool 
   return true;
 }
 
+bool read_unit_sign(const char* op, const Attrs& attrs, const std::string& key, int fallback,
+                    int* value) {
+  auto it = attrs.find(key);
+  if (it == attrs.end()) {
+    *value = fallback;
+    return true;
+  }
+  const char* text = it->second.c_str();
+  char* end = nullptr;
+  const double v = std::strtod(text, &end);
+  while (end != nullptr && std::isspace(static_cast<unsigned char>(*end))) ++end;
+  if (end == text || end == nullptr || *end != '\0' || (v != 1.0 && v != -1.0)) {
+    MX_ERROR_MSG << op << ": attribute " << key << "='" << it->second << "' must be -1 or 1";
+    return false;
+  }
+  *value = v > 0 ? 1 : -1;
+  return true;
+}
+
 const char* dtype_name(int dtype) {
   switch (dtype) {
     case MXDType::kFloat32: return "float32";
@@ -126,6 +145,24 @@ bool check_dtype(const char* op, const std::vector<int>& types, size_t index, co
   if (types[index] != expected) {
     MX_ERROR_MSG << op << ": input '" << name << "' must be " << dtype_name(expected)
                  << ", got " << dtype_name(types[index]);
+    return false;
+  }
+  return true;
+}
+
+bool assign_or_check_dtype(const char* op, std::vector<int>* types, size_t index,
+                           const char* name, int expected) {
+  if ((*types)[index] == -1) (*types)[index] = expected;
+  return check_dtype(op, *types, index, name, expected);
+}
+
+bool assign_or_check_shape(const char* op, Shapes* shapes, size_t index, const char* name,
+                           const std::vector<unsigned int>& expected, const char* formula) {
+  std::vector<unsigned int>& shape = (*shapes)[index];
+  if (shape.empty()) shape = expected;
+  if (shape != expected) {
+    MX_ERROR_MSG << op << ": input '" << name << "' must have shape " << shape_str(expected)
+                 << " = " << formula << ", got " << shape_str(shape);
     return false;
   }
   return true;

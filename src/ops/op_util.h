@@ -37,6 +37,10 @@ bool read_pair(const char* op, const Attrs& attrs, const std::string& key, int64
 bool read_bool(const char* op, const Attrs& attrs, const std::string& key, bool fallback,
                bool* value);
 
+// Reads a padding value that must be -1 or +1 ("-1", "1", "-1.0", "+1", ...).
+bool read_unit_sign(const char* op, const Attrs& attrs, const std::string& key, int fallback,
+                    int* value);
+
 // Checks the dtype of input `index`, naming it and the expected type.
 bool check_dtype(const char* op, const std::vector<int>& types, size_t index, const char* name,
                  int expected);
@@ -44,6 +48,21 @@ bool check_dtype(const char* op, const std::vector<int>& types, size_t index, co
 // Checks rank of an input shape.
 bool check_rank(const char* op, const Shapes& shapes, size_t index, const char* name,
                 size_t rank, const char* layout);
+
+// Type inference: an input of unknown type (-1) gets `expected`; a known one must be it.
+bool assign_or_check_dtype(const char* op, std::vector<int>* types, size_t index,
+                           const char* name, int expected);
+
+// Shape inference: an input of unknown shape (rank 0) gets `expected`, a known one must equal
+// it; `formula` explains the expected shape in the message.
+bool assign_or_check_shape(const char* op, Shapes* shapes, size_t index, const char* name,
+                           const std::vector<unsigned int>& expected, const char* formula);
+
+// MXNet passes an unknown dimension (0 in legacy shapes, e.g. a batch left open in
+// infer_shape) as (unsigned)-1 and may pass 0; both mean there is nothing to compute on.
+inline bool dim_is_empty_or_unknown(unsigned int dim) {
+  return dim == 0 || dim == static_cast<unsigned int>(-1);
+}
 
 std::string shape_str(const std::vector<unsigned int>& shape);
 

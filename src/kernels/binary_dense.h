@@ -1,0 +1,40 @@
+// Binary fully connected layer by xnor-popcount on packed bits (no MXNet types).
+//
+// Computes what the training layer QDense computes on ±1 inputs and ±1 weights: each of the
+// `batch` input rows of K = in_units values is binarized (bit = x >= 0) and its ±1 dot product
+// with each of the `units` rows of sign(W) is returned in an OutputMode convention. Exact.
+//
+// Packed weight layout (what pack_dense_weights writes and binary_dense reads):
+//   [units][words_for_channels(in_units)] uint32 words; input k of a row sits at bit k % 32 of
+// word k / 32, tails masked to 0. A packed input row has the same layout.
+#ifndef BMXNET_KERNELS_BINARY_DENSE_H_
+#define BMXNET_KERNELS_BINARY_DENSE_H_
+
+#include <cstdint>
+
+#include "kernels/bitpack.h"
+#include "kernels/xnor_popcount.h"
+
+namespace bmx {
+
+// w: float [units][in_units] (latent weights, bit = w >= 0); out: units *
+// words_for_channels(in_units) words, fully overwritten.
+void pack_dense_weights(const float* w, int64_t units, int64_t in_units, uint32_t* out);
+
+// Packs float rows x: [rows][in_units] into [rows][words_for_channels(in_units)] words.
+void pack_dense_input(const float* x, int64_t rows, int64_t in_units, uint32_t* out);
+
+// x: float [batch][in_units]; weights: packed layout above; scale: float [units] (read only for
+// kScaledDot); scratch: batch * words_for_channels(in_units) words; out: float [batch][units].
+void binary_dense(const float* x, const uint32_t* weights, int64_t batch, int64_t in_units,
+                  int64_t units, OutputMode mode, const float* scale, uint32_t* scratch,
+                  float* out);
+
+// The same on input rows already packed by pack_dense_input.
+void binary_dense_packed(const uint32_t* x, const uint32_t* weights, int64_t batch,
+                         int64_t in_units, int64_t units, OutputMode mode, const float* scale,
+                         float* out);
+
+}  // namespace bmx
+
+#endif  // BMXNET_KERNELS_BINARY_DENSE_H_

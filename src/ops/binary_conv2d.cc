@@ -1,0 +1,209 @@
+// bmx_binary_conv2d: binary 2-D convolution of float32 NCHW data with packed int32 weights.
+//
+// Inputs: data float32 (N, C, H, W); weight int32 (num_filter, kh, kw, ceil(C/num_group/32)),
+// the layout of kernels/binary_conv.h (the raw bits of its uint32 words); scale float32
+// (num_filter,) only with scaling=True. The op binarizes data itself (bit = x >= 0), pads it
+// with pad_value (-1 by default) and returns float32 (N, num_filter, H_out, W_out) in the
+// convention of the training layer QConv2D: (dot + K) / 2, dot (offset=False) or dot * scale.
+#include <climits>
+#include <string>
+#include <vector>
+
+#include "kernels/binary_conv.h"
+#include "ops/op_util.h"
+
+using mxnet::ext::MXDType;
+using mxnet::ext::MXReturnValue;
+using mxnet::ext::MXTensor;
+using mxnet::ext::OpResource;
+
+namespace {
+
+constexpr const char* kOp = "bmx_binary_conv2d";
+constexpr int64_t kMaxWindow = 4096;      // kernel, stride, dilate and pad sizes
+constexpr int64_t kMaxChannels = 1 << 20;  // num_filter, in_channels, num_group
+
+struct ConvAttrs {
+  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilate_h, dilate_w;
+  int64_t num_filter, in_channels, num_group;
+  bool offset, scaling;
+  int pad_value;
+};
+
+bool parse(const bmx::ops::Attrs& attrs, ConvAttrs* a) {
+  using namespace bmx::ops;
+  if (!check_attr_names(kOp, attrs,
+                        {"kernel", "num_filter", "in_channels", "stride", "pad", "dilate",
+                         "num_group", "offset", "scaling", "pad_value"}))
+    return false;
+  for (const char* required : {"kernel", "num_filter", "in_channels"}) {
+    if (attrs.count(required) == 0) {
+      MX_ERROR_MSG << kOp << ": attribute " << required << " is required (the packed weight "
+                   << "shape is (num_filter, kernel_h, kernel_w, ceil(in_channels / num_group "
+                   << "/ 32)))";
+      return false;
+    }
+  }
+  if (!read_pair(kOp, attrs, "kernel", 1, 1, kMaxWindow, &a->kernel_h, &a->kernel_w) ||
+      !read_pair(kOp, attrs, "stride", 1, 1, kMaxWindow, &a->stride_h, &a->stride_w) ||
+      !read_pair(kOp, attrs, "pad", 0, 0, kMaxWindow, &a->pad_h, &a->pad_w) ||
+      !read_pair(kOp, attrs, "dilate", 1, 1, kMaxWindow, &a->dilate_h, &a->dilate_w) ||
+      !read_int(kOp, attrs, "num_filter", 1, 1, kMaxChannels, &a->num_filter) ||
+      !read_int(kOp, attrs, "in_channels", 1, 1, kMaxChannels, &a->in_channels) ||
+      !read_int(kOp, attrs, "num_group", 1, 1, kMaxChannels, &a->num_group) ||
+      !read_bool(kOp, attrs, "offset", true, &a->offset) ||
+      !read_bool(kOp, attrs, "scaling", false, &a->scaling) ||
+      !read_unit_sign(kOp, attrs, "pad_value", -1, &a->pad_value))
+    return false;
+  if (a->in_channels % a->num_group != 0 || a->num_filter % a->num_group != 0) {
+    MX_ERROR_MSG << kOp << ": num_group=" << a->num_group << " must divide in_channels="
+                 << a->in_channels << " and num_filter=" << a->num_filter;
+    return false;
+  }
+  return true;
+}
+
+// The kernel's parameters for data of shape (n, c, h, w).
+bmx::ConvParams conv_params(const ConvAttrs& a, int64_t n, int64_t c, int64_t h, int64_t w) {
+  bmx::ConvParams p;
+  p.batch = n;
+  p.in_channels = c;
+  p.in_h = h;
+  p.in_w = w;
+  p.out_channels = a.num_filter;
+  p.kernel_h = a.kernel_h;
+  p.kernel_w = a.kernel_w;
+  p.stride_h = a.stride_h;
+  p.stride_w = a.stride_w;
+  p.pad_h = a.pad_h;
+  p.pad_w = a.pad_w;
+  p.dilate_h = a.dilate_h;
+  p.dilate_w = a.dilate_w;
+  p.groups = a.num_group;
+  p.pad_with_ones = a.pad_value > 0;
+  return p;
+}
+
+std::vector<unsigned int> weight_shape(const ConvAttrs& a) {
+  return {static_cast<unsigned int>(a.num_filter), static_cast<unsigned int>(a.kernel_h),
+          static_cast<unsigned int>(a.kernel_w),
+          static_cast<unsigned int>(bmx::words_for_channels(a.in_channels / a.num_group))};
+}
+
+MXReturnValue parse_attrs(const bmx::ops::Attrs& attrs, int* num_in, int* num_out) {
+  ConvAttrs a;
+  if (!parse(attrs, &a)) return mxnet::ext::MX_FAIL;
+  *num_in = a.scaling ? 3 : 2;
+  *num_out = 1;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue infer_type(const bmx::ops::Attrs& attrs, std::vector<int>* in_types,
+                         std::vector<int>* out_types) {
+  using bmx::ops::assign_or_check_dtype;
+  if (!assign_or_check_dtype(kOp, in_types, 0, "data", MXDType::kFloat32) ||
+      !assign_or_check_dtype(kOp, in_types, 1, "weight", MXDType::kInt32) ||
+      (in_types->size() > 2 &&
+       !assign_or_check_dtype(kOp, in_types, 2, "scale", MXDType::kFloat32)))
+    return mxnet::ext::MX_FAIL;
+  (*out_types)[0] = MXDType::kFloat32;
+  return mxnet::ext::MX_SUCCESS;
+}
+
+MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_shapes,
+                          bmx::ops::Shapes* out_shapes) {
+  using namespace bmx::ops;
+  ConvAttrs a;
+  if (!parse(attrs, &a)) return mxnet::ext::MX_FAIL;
+  // The weight (and scale) shapes follow from the attributes alone, so symbolic graphs with
+  // weight variables infer them.
+  if (!assign_or_check_shape(kOp, in_shapes, 1, "weight", weight_shape(a),
+                             "(num_filter, kernel_h, kernel_w, ceil(in_channels / num_group / "
+                             "32)) packed int32 words") ||
+      (a.scaling && !assign_or_check_shape(kOp, in_shapes, 2, "scale",
+                                           {static_cast<unsigned int>(a.num_filter)},
+                                           "(num_filter,)")))
+    return mxnet::ext::MX_FAIL;
+  if (!check_rank(kOp, *in_shapes, 0, "data", 4, "N, C, H, W")) return mxnet::ext::MX_FAIL;
+  const auto& s = (*in_shapes)[0];
+  if (dim_is_empty_or_unknown(s[0])) {
+    MX_ERROR_MSG << kOp << ": input 'data' must have a known, non-empty batch dimension, got "
+                 << "shape " << shape_str(s);
+    return mxnet::ext::MX_FAIL;
+  }
+  if (s[1] != a.in_channels) {
+    MX_ERROR_MSG << kOp << ": input 'data' has " << s[1] << " channels but in_channels="
+                 << a.in_channels << " (the channel count the weights were packed for); got "
+                 << "shape " << shape_str(s);
+    return mxnet::ext::MX_FAIL;
+  }
+  if (dim_is_empty_or_unknown(s[2]) || dim_is_empty_or_unknown(s[3])) {
+    MX_ERROR_MSG << kOp << ": input 'data' must have known, non-zero height and width, got "
+                 << "shape " << shape_str(s);
+    return mxnet::ext::MX_FAIL;
+  }
+  const bmx::ConvParams p = conv_params(a, s[0], s[1], s[2], s[3]);
+  if (p.out_h() < 1 || p.out_w() < 1) {
+    MX_ERROR_MSG << kOp << ": the kernel (" << a.kernel_h << ", " << a.kernel_w
+                 << ") dilated by (" << a.dilate_h << ", " << a.dilate_w
+                 << ") does not fit the padded input (" << p.padded_h() << ", " << p.padded_w()
+                 << ") of data shape " << shape_str(s) << " with pad (" << a.pad_h << ", "
+                 << a.pad_w << ")";
+    return mxnet::ext::MX_FAIL;
+  }
+  // The packed input lives in scratch memory from MXNet, whose allocator takes an int size.
+  // (Sizes in double: absurd shapes must not overflow the check itself.)
+  const double scratch_bytes = 4.0 * p.batch * p.padded_h() * p.padded_w() * p.groups *
+                               p.group_words();
+  if (scratch_bytes > INT_MAX) {
+    MX_ERROR_MSG << kOp << ": data shape " << shape_str(s) << " with pad (" << a.pad_h << ", "
+                 << a.pad_w << ") is too large: its packed input needs " << scratch_bytes
+                 << " bytes, at most " << INT_MAX << " are supported; split the batch";
+    return mxnet::ext::MX_FAIL;
+  }
+  (*out_shapes)[0] = {s[0], static_cast<unsigned int>(a.num_filter),
+                      static_cast<unsigned int>(p.out_h()), static_cast<unsigned int>(p.out_w())};
+  return mxnet::ext::MX_SUCCESS;
+}
+
+// inputs[0]: data [N][C][H][W] float32; inputs[1]: weight [num_filter][kh][kw][words] int32;
+// inputs[2] (scaling=True only): scale [num_filter] float32;
+// outputs[0]: [N][num_filter][H_out][W_out] float32.
+MXReturnValue forward(const bmx::ops::Attrs& attrs, std::vector<MXTensor>* inputs,
+                      std::vector<MXTensor>* outputs, const OpResource& res) {
+  ConvAttrs a;
+  if (!parse(attrs, &a)) return mxnet::ext::MX_FAIL;
+  MXTensor& x = (*inputs)[0];
+  const auto* weights = reinterpret_cast<const uint32_t*>((*inputs)[1].data<int32_t>());
+  const bmx::ConvParams p = conv_params(a, x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+  if (!bmx::tail_bits_clear(weights, p.out_channels * p.kernel_h * p.kernel_w,
+                            p.group_in_channels())) {
+    MX_ERROR_MSG << kOp << ": input 'weight' has bits set past in_channels / num_group = "
+                 << p.group_in_channels() << " channels: it was packed for another channel "
+                 << "count";
+    return mxnet::ext::MX_FAIL;
+  }
+  const int64_t scratch_bytes = p.packed_input_words() * 4;
+  auto* scratch = static_cast<uint32_t*>(res.alloc_cpu(static_cast<int>(scratch_bytes)));
+  if (scratch == nullptr) {
+    MX_ERROR_MSG << kOp << ": could not allocate " << scratch_bytes
+                 << " bytes of scratch memory for the packed input";
+    return mxnet::ext::MX_FAIL;
+  }
+  const bmx::OutputMode mode = a.scaling ? bmx::OutputMode::kScaledDot
+                               : a.offset ? bmx::OutputMode::kAgreements
+                                          : bmx::OutputMode::kDot;
+  const float* scale = a.scaling ? (*inputs)[2].data<float>() : nullptr;
+  bmx::binary_conv2d(x.data<float>(), weights, p, mode, scale, scratch,
+                     (*outputs)[0].data<float>());
+  return mxnet::ext::MX_SUCCESS;
+}
+
+}  // namespace
+
+REGISTER_OP(bmx_binary_conv2d)
+    .setParseAttrs(parse_attrs)
+    .setInferType(infer_type)
+    .setInferShape(infer_shape)
+    .setForward(forward, "cpu")
+    .setBackward(bmx::ops::zero_backward, "cpu");
