@@ -259,7 +259,7 @@ def binary_dense(x, weights, in_units=None, offset=True, scale=None):
         raise TypeError(f"x must be float32, got {x.dtype}")
     if x.ndim < 2:
         raise ValueError(f"x must have rank >= 2 (N, features...), got shape {x.shape}")
-    x = np.ascontiguousarray(x.reshape(x.shape[0], -1))
+    x = np.ascontiguousarray(x.reshape(x.shape[0], int(np.prod(x.shape[1:]))))
     weights = _packed_array(weights, "weights", 2, "units, words")
     cdef int64_t batch = x.shape[0], k = x.shape[1], units = weights.shape[0]
     if k == 0:

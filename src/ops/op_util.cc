@@ -170,7 +170,11 @@ bool assign_or_check_shape(const char* op, Shapes* shapes, size_t index, const c
 
 std::string shape_str(const std::vector<unsigned int>& shape) {
   std::string s = "(";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  for (size_t i = 0; i < shape.size(); ++i) {
+    // An unknown dimension reaches lib_api ops as (unsigned)-1.
+    const bool unknown = shape[i] == static_cast<unsigned int>(-1);
+    s += (i ? ", " : "") + (unknown ? std::string("?") : std::to_string(shape[i]));
+  }
   return s + (shape.size() == 1 ? ",)" : ")");
 }
 
