@@ -78,8 +78,12 @@ def layer_table(net, input_shape):
     if isinstance(output, (list, tuple)):
         output = mx.sym.Group(list(output))
     internals = output.get_internals()
-    out_shapes = internals.infer_shape(data=input_shape)[1]
-    arg_shapes, _, aux_shapes = output.infer_shape(data=input_shape)
+    try:
+        out_shapes = internals.infer_shape(data=input_shape)[1]
+        arg_shapes = output.infer_shape(data=input_shape)[0]
+    except mx.base.MXNetError as err:
+        raise ValueError(f"{type(net).__name__} does not accept input_shape {input_shape}: "
+                         f"{str(err).strip().splitlines()[0]}") from err
     if out_shapes is None or arg_shapes is None:
         raise ValueError(f"cannot infer the shapes of {type(net).__name__} for input "
                          f"{input_shape}")

@@ -36,7 +36,9 @@ def get_model(name, **kwargs):
     the closest registered names.
     """
     if name not in _MODELS:
-        close = difflib.get_close_matches(str(name), _MODELS, n=3, cutoff=0.5)
+        by_lower = {known.lower(): known for known in _MODELS}
+        close = [by_lower[match] for match in
+                 difflib.get_close_matches(str(name).lower(), by_lower, n=3, cutoff=0.5)]
         hint = (f"did you mean {', '.join(close)}?" if close
                 else f"known models: {', '.join(sorted(_MODELS))}")
         raise ValueError(f"unknown model {name!r}; {hint}")
