@@ -1,0 +1,236 @@
+"""convert_to_xnor: packed networks equal their training networks; export/reload; refusals."""
+import os
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import gluon
+from mxnet.gluon import nn
+
+from bmxnet_ext import model_zoo
+from bmxnet_ext.converter import (ConversionError, XnorConv2D, XnorDense, convert_to_xnor,
+                                  load_xnor)
+from bmxnet_ext.demo import build_demo_network
+from bmxnet_ext.layers import BinaryConvolution, QActivation, QConv2D, QDense
+
+SMALL_INPUT = (2, 3, 32, 32)
+
+
+def _trained_like(net, shape=SMALL_INPUT, seed=0):
+    """Initialize, then give BatchNorm non-trivial statistics so the test is not degenerate."""
+    mx.random.seed(seed)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    net(mx.nd.zeros(shape))  # completes deferred parameter shapes
+    rng = np.random.RandomState(seed)
+    for name, param in net.collect_params().items():
+        if name.endswith(("running_mean", "beta")):
+            param.set_data(mx.nd.array(rng.uniform(-0.5, 0.5, param.shape)))
+        elif name.endswith(("running_var", "gamma")):
+            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)))
+    return net
+
+
+def _zoo_model(name):
+    net = model_zoo.get_model(name, classes=10, stem="thumbnail", input_size=32)
+    return _trained_like(net)
+
+
+def _binary_units(block, kinds):
+    found = []
+
+    def visit(b):
+        if isinstance(b, kinds):
+            found.append(b)
+            return
+        for child in b._children.values():
+            visit(child)
+
+    visit(block)
+    return found
+
+
+def _record_outputs(blocks):
+    outputs = []
+    for block in blocks:
+        block.register_forward_hook(lambda b, inputs, out: outputs.append(out.asnumpy()))
+    return outputs
+
+
+class _MixedNet(gluon.HybridBlock):
+    """Every convertible kind of unit: BinaryConvolution, QConv2D and QDense with input
+    quantizers, scaling, offset off, a bias, grouped and strided convolutions."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.stem = nn.Conv2D(40, 3, padding=1, in_channels=3)
+            self.bn1 = nn.BatchNorm(in_channels=40)
+            self.unit = BinaryConvolution(24, in_channels=40, groups=4, strides=2,
+                                          clip_threshold=1.3)
+            self.bn2 = nn.BatchNorm(in_channels=24)
+            self.scaled = QConv2D(33, 3, padding=2, dilation=2, in_channels=24,
+                                  input_quantizer="det_sign", scaling=True)
+            self.bn3 = nn.BatchNorm(in_channels=33)
+            self.dot = QConv2D(16, 1, in_channels=33, input_quantizer="approx_sign",
+                               offset=False, use_bias=True)
+            self.dense = QDense(20, in_units=16 * 16 * 16, input_quantizer="det_sign",
+                                use_bias=True)
+            self.out = nn.Dense(10, in_units=20)
+
+    def hybrid_forward(self, F, x):
+        x = self.bn1(self.stem(x))
+        x = self.bn2(self.unit(x))
+        x = self.bn3(self.scaled(x))
+        return self.out(self.dense(self.dot(x)))
+
+
+def _networks():
+    nets = {"mixed_units": lambda: _trained_like(_MixedNet()),
+            "demo_network": lambda: _trained_like(build_demo_network(True), (2, 1, 16, 16))}
+    for name in model_zoo.list_models():
+        nets[name] = (lambda n: lambda: _zoo_model(n))(name)
+    return nets
+
+
+NETWORKS = _networks()
+INPUT_SHAPES = {"demo_network": (2, 1, 16, 16)}
+
+
+@pytest.fixture(params=sorted(NETWORKS))
+def network(request):
+    return request.param, NETWORKS[request.param](), INPUT_SHAPES.get(request.param, SMALL_INPUT)
+
+
+def test_converted_network_equals_training_network(network):
+    name, net, shape = network
+    x = mx.nd.array(np.random.RandomState(1).standard_normal(shape).astype(np.float32))
+    originals = _binary_units(net, (BinaryConvolution, QConv2D, QDense))
+    originals = [b for b in originals if not isinstance(b, (QConv2D, QDense)) or b.binary]
+    original_outputs = _record_outputs(originals)
+    expected = net(x).asnumpy()
+
+    packed = convert_to_xnor(net, input_shape=shape)
+    replacements = _binary_units(packed, (XnorConv2D, XnorDense))
+    assert len(replacements) == len(originals) > 0
+    packed_outputs = _record_outputs(replacements)
+    actual = packed(x).asnumpy()
+
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-4)
+    for trained, xnor in zip(original_outputs, packed_outputs):
+        np.testing.assert_array_equal(xnor, trained)  # exactly equal integers (or scaled)
+
+
+def test_hybridized_export_reloads_in_a_fresh_process(network, tmp_path):
+    name, net, shape = network
+    packed = convert_to_xnor(net, input_shape=shape)
+    packed.hybridize()
+    x = np.random.RandomState(2).standard_normal(shape).astype(np.float32)
+    expected = packed(mx.nd.array(x)).asnumpy()
+    prefix = str(tmp_path / name)
+    packed.export(prefix)
+    np.save(str(tmp_path / "x.npy"), x)
+    script = ("import sys, numpy as np, mxnet as mx, bmxnet_ext; "
+              "from bmxnet_ext.converter import load_xnor; "
+              f"net = load_xnor({prefix!r}); "
+              f"y = net(mx.nd.array(np.load({str(tmp_path / 'x.npy')!r}))).asnumpy(); "
+              f"np.save({str(tmp_path / 'y.npy')!r}, y)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(str(tmp_path / "y.npy")), expected)
+
+
+def test_original_network_is_left_untouched():
+    net = _trained_like(_MixedNet())
+    x = mx.nd.random.normal(shape=SMALL_INPUT)
+    before = net(x).asnumpy()
+    convert_to_xnor(net, input_shape=SMALL_INPUT)
+    assert isinstance(net.unit, BinaryConvolution)
+    np.testing.assert_array_equal(net(x).asnumpy(), before)
+
+
+def test_symbolblock_imports_works_after_import_bmxnet_ext(tmp_path):
+    net = convert_to_xnor(_trained_like(_MixedNet()), input_shape=SMALL_INPUT)
+    net.hybridize()
+    x = mx.nd.random.normal(shape=SMALL_INPUT)
+    expected = net(x).asnumpy()
+    net.export(str(tmp_path / "m"))
+    loaded = gluon.SymbolBlock.imports(str(tmp_path / "m-symbol.json"), ["data"],
+                                       str(tmp_path / "m-0000.params"))
+    np.testing.assert_array_equal(loaded(x).asnumpy(), expected)
+
+
+def test_loading_without_the_ops_says_to_import_bmxnet_ext(tmp_path):
+    net = convert_to_xnor(_trained_like(_MixedNet()), input_shape=SMALL_INPUT)
+    net.hybridize()
+    net(mx.nd.random.normal(shape=SMALL_INPUT))
+    net.export(str(tmp_path / "m"))
+    script = ("import mxnet as mx; mx.gluon.SymbolBlock.imports("
+              f"{str(tmp_path / 'm-symbol.json')!r}, ['data'], "
+              f"{str(tmp_path / 'm-0000.params')!r})")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode != 0
+    assert "load_with_import_bmxnet_ext" in result.stderr
+
+
+def test_load_xnor_reports_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="m-symbol.json does not exist"):
+        load_xnor(str(tmp_path / "m"))
+
+
+def test_float_input_to_binary_weights_is_refused():
+    net = nn.HybridSequential()
+    net.add(QConv2D(8, 3, in_channels=3))
+    net.initialize()
+    with pytest.raises(ConversionError, match="binary weights on a float input"):
+        convert_to_xnor(net, input_shape=(1, 3, 8, 8))
+
+
+def test_binary_input_with_float_weights_is_refused():
+    net = nn.HybridSequential()
+    net.add(QConv2D(8, 3, in_channels=3, input_quantizer="det_sign", weight_quantizer=None))
+    net.initialize()
+    with pytest.raises(ConversionError, match="binary input with float weights"):
+        convert_to_xnor(net, input_shape=(1, 3, 8, 8))
+
+
+def test_standalone_activation_is_refused():
+    net = nn.HybridSequential()
+    net.add(QActivation(), nn.Conv2D(4, 3, in_channels=3))
+    net.initialize()
+    with pytest.raises(ConversionError, match="QActivation outside a BinaryConvolution"):
+        convert_to_xnor(net, input_shape=(1, 3, 8, 8))
+
+
+def test_float_network_is_refused():
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(4, 3, in_channels=3))
+    net.initialize()
+    with pytest.raises(ConversionError, match="has no binary unit"):
+        convert_to_xnor(net, input_shape=(1, 3, 8, 8))
+
+
+def test_probe_shape_is_required_when_the_network_declares_none():
+    with pytest.raises(ValueError, match="needs input_shape"):
+        convert_to_xnor(_trained_like(_MixedNet()))
+
+
+def test_flatten_false_dense_is_refused():
+    net = nn.HybridSequential()
+    net.add(QDense(4, in_units=6, flatten=False, input_quantizer="det_sign"))
+    net.initialize()
+    with pytest.raises(ConversionError, match="flatten=False"):
+        convert_to_xnor(net, input_shape=(1, 6))
+
+
+def test_packed_meliusnet22_params_file_is_at_most_4_2_mib(tmp_path):
+    net = _trained_like(model_zoo.get_model("meliusnet22"), (1, 3, 224, 224))
+    packed = convert_to_xnor(net, input_shape=(1, 3, 224, 224))
+    packed.hybridize()
+    packed(mx.nd.zeros((1, 3, 224, 224)))
+    packed.export(str(tmp_path / "m22"))
+    size = os.path.getsize(str(tmp_path / "m22-0000.params"))
+    assert size <= 4.2 * 2 ** 20, f"packed MeliusNet22 params file is {size / 2**20:.2f} MiB"
