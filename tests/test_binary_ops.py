@@ -271,6 +271,9 @@ BAD_INPUT = {
     "conv-kernel-larger-than-input": (
         "conv(kernel=(9, 9), weight=nd.zeros((8, 9, 9, 1), dtype='int32'))",
         "does not fit the padded input (7, 7)"),
+    "conv-kernel-one-larger-strided": (
+        "conv(kernel=(6, 6), pad=0, stride=2, weight=nd.zeros((8, 6, 6, 1), dtype='int32'))",
+        "does not fit the padded input (5, 5)"),
     "conv-absurd-input": ("conv_sym.infer_shape(data=(100000, 32, 60000, 60000))",
                           "is too large"),
     "conv-missing-in-channels": ("conv(in_channels=None)",

@@ -169,6 +169,8 @@ _W = K.pack_conv_weights(np.ones((4, 32, 3, 3), dtype=np.float32))
     (lambda: K.binary_conv2d(_X, _W, pad=-1), ValueError, "pad must be an int >= 0"),
     (lambda: K.binary_conv2d(_X, _W, dilate=(1, 0)), ValueError, "dilate must be"),
     (lambda: K.binary_conv2d(_X, _W, dilate=3), ValueError, "does not fit the padded input"),
+    (lambda: K.binary_conv2d(_X, K.pack_conv_weights(np.ones((4, 32, 6, 6), np.float32)),
+                             stride=2), ValueError, "does not fit the padded input"),
     (lambda: K.binary_conv2d(_X, _W, pad_value=0), ValueError, r"pad_value must be -1 or \+1"),
     (lambda: K.binary_conv2d(_X, _W, scale=np.ones(3, np.float32)), ValueError,
      r"scale must have shape \(4,\)"),

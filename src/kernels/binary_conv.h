@@ -38,11 +38,16 @@ struct ConvParams {
   int64_t fan_in() const { return group_in_channels() * kernel_h * kernel_w; }
   int64_t padded_h() const { return in_h + 2 * pad_h; }
   int64_t padded_w() const { return in_w + 2 * pad_w; }
-  int64_t out_h() const { return (padded_h() - dilate_h * (kernel_h - 1) - 1) / stride_h + 1; }
-  int64_t out_w() const { return (padded_w() - dilate_w * (kernel_w - 1) - 1) / stride_w + 1; }
+  // 0 when the dilated kernel does not fit the padded input.
+  int64_t out_h() const { return out_size(padded_h(), kernel_h, dilate_h, stride_h); }
+  int64_t out_w() const { return out_size(padded_w(), kernel_w, dilate_w, stride_w); }
   // Words of the packed, padded input buffer binary_conv2d needs as scratch.
   int64_t packed_input_words() const {
     return batch * padded_h() * padded_w() * groups * group_words();
+  }
+  static int64_t out_size(int64_t padded, int64_t kernel, int64_t dilate, int64_t stride) {
+    const int64_t extent = dilate * (kernel - 1) + 1;
+    return padded < extent ? 0 : (padded - extent) / stride + 1;
   }
   // Words of the packed weights: out_channels * kernel_h * kernel_w * group_words().
   int64_t weight_words() const { return out_channels * kernel_h * kernel_w * group_words(); }
