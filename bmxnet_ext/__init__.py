@@ -16,8 +16,12 @@ from . import layers, ops, quantizers  # noqa: E402
 from .layers import BinaryConvolution, QActivation, QConv2D, QDense  # noqa: E402
 from .ops import OpsLibraryError  # noqa: E402
 
+ops.load_library()
+
+from .converter import ConversionError, convert_to_xnor, load_xnor  # noqa: E402
+from .summary import summary  # noqa: E402
+
 __version__ = "0.1.0"
 __all__ = ["layers", "ops", "quantizers", "QActivation", "QConv2D", "QDense",
-           "BinaryConvolution", "OpsLibraryError"]
-
-ops.load_library()
+           "BinaryConvolution", "OpsLibraryError", "ConversionError", "convert_to_xnor",
+           "load_xnor", "summary"]

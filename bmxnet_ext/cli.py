@@ -3,13 +3,17 @@
 Subcommands:
   demo      train a small binary network on real images, check it end to end, print a comparison
   summary   per-layer parameters, model size and operations of a zoo network (the paper's count)
+  convert   convert a zoo network or an exported training graph to the packed xnor form
+  predict   top-k classes of images with an exported (packed or float) network
 
 Errors a user can cause (an unknown model name, a bad argument) end with a one-line message and
 exit status 2, not a traceback.
 """
 import argparse
 import json
+import os
 import sys
+import tempfile
 
 from .ops import OpsLibraryError
 
@@ -30,6 +34,102 @@ def _cmd_summary(args):
     totals = summary(net, (1, 3, size, size), print_table=not args.json)
     if args.json:
         print(json.dumps(totals, indent=2, sort_keys=True))
+
+
+def _trained_network(source, args):
+    """(net, model name, model kwargs, input size) for a zoo name or an export prefix."""
+    from . import model_zoo
+    from .model_card import load_exported_parameters, read_model_card
+
+    if os.path.exists(f"{source}-symbol.json") or os.path.exists(f"{source}-model.json"):
+        card = read_model_card(source)
+        if card is None or not card.get("model"):
+            raise ValueError(f"{source}-model.json is missing or names no zoo model; convert "
+                             "rebuilds the network from the zoo and needs it (the training "
+                             "example writes it with --export)")
+        if card.get("packed"):
+            raise ValueError(f"{source} is already a packed export")
+        net = model_zoo.get_model(card["model"], **card["model_kwargs"])
+        load_exported_parameters(net, f"{source}-0000.params")
+        return net, card["model"], card["model_kwargs"], card["input_size"]
+    kwargs = {"classes": args.classes, "input_size": args.input_size}
+    net = model_zoo.get_model(source, pretrained=True if args.pretrained else None, **kwargs)
+    if args.params:
+        net.load_parameters(args.params)
+    elif not args.pretrained:
+        import mxnet as mx
+        net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
+        print(f"note: {source} has untrained (random) weights; pass --pretrained or --params "
+              "FILE to convert trained ones")
+    return net, source, {k: v for k, v in kwargs.items() if v is not None}, args.input_size
+
+
+def _file_size(path):
+    return f"{os.path.getsize(path) / 2 ** 20:.2f} MiB"
+
+
+def _cmd_convert(args):
+    import mxnet as mx
+
+    from .converter import convert_to_xnor
+    from .model_card import write_model_card
+
+    net, model, kwargs, size = _trained_network(args.source, args)
+    shape = (1, 3, size, size)
+    print(f"converting {model} (input {size}x{size}) to the packed xnor form ...")
+    packed = convert_to_xnor(net, input_shape=shape)
+    os.makedirs(args.out, exist_ok=True)
+    prefix = os.path.join(args.out, model)
+    packed.hybridize()
+    packed(mx.nd.zeros(shape))
+    packed.export(prefix)
+    write_model_card(prefix, model, kwargs, input_size=size, packed=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        net.hybridize()
+        net(mx.nd.zeros(shape))
+        net.export(os.path.join(tmp, "float"))
+        float_size = _file_size(os.path.join(tmp, "float-0000.params"))
+    print(f"verified: packed outputs equal the training network's on a probe input")
+    print(f"wrote {prefix}-symbol.json, {prefix}-0000.params ({_file_size(prefix + '-0000.params')}"
+          f"; float params: {float_size}) and {prefix}-model.json")
+    print(f"load it with: bmxnet_ext.load_xnor({prefix!r})")
+
+
+def _preprocess(path, size, mean, std):
+    import mxnet as mx
+    import numpy as np
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no image file at {path}")
+    try:
+        image = mx.image.imread(path, flag=1 if len(mean) == 3 else 0)
+    except mx.base.MXNetError as err:
+        raise ValueError(f"cannot read {path} as an image") from err
+    image = mx.image.resize_short(image, max(size, int(round(size * 256 / 224))))
+    image, _ = mx.image.center_crop(image, (size, size))
+    data = (image.astype("float32").asnumpy() - np.array(mean, dtype=np.float32)) / \
+        np.array(std, dtype=np.float32)
+    return data.transpose(2, 0, 1)[None]
+
+
+def _cmd_predict(args):
+    import mxnet as mx
+    import numpy as np
+
+    from .converter import load_xnor
+    from .model_card import IMAGENET_MEAN, IMAGENET_STD, read_model_card
+
+    card = read_model_card(args.prefix) or {"input_size": args.input_size or 224,
+                                            "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
+                                            "class_names": None}
+    net = load_xnor(args.prefix)
+    names = card.get("class_names")
+    for path in args.images:
+        x = _preprocess(path, card["input_size"], card["mean"], card["std"])
+        probs = mx.nd.softmax(net(mx.nd.array(x))).asnumpy()[0]
+        top = np.argsort(-probs)[:args.topk]
+        labels = [f"{names[i] if names else i} ({probs[i]:.3f})" for i in top]
+        print(f"{path}: {', '.join(labels)}")
 
 
 def _parser():
@@ -60,6 +160,31 @@ def _parser():
                                                    "thumbnail")
     summ.add_argument("--json", action="store_true", help="print the totals as JSON only")
     summ.set_defaults(func=_cmd_summary)
+
+    conv = sub.add_parser("convert", help="convert a network to the packed xnor form",
+                          description="Builds a zoo network (random, --pretrained or --params "
+                                      "weights) or reads an exported training graph "
+                                      "(PREFIX-symbol.json, PREFIX-0000.params and "
+                                      "PREFIX-model.json), converts it with convert_to_xnor, "
+                                      "verifies it and exports it to DIR/NAME-*.")
+    conv.add_argument("source", metavar="NAME_OR_PREFIX", help="zoo model name or export prefix")
+    conv.add_argument("--out", required=True, metavar="DIR", help="output directory")
+    conv.add_argument("--params", metavar="FILE", help="weights saved by save_parameters")
+    conv.add_argument("--pretrained", action="store_true", help="weights from the model store")
+    conv.add_argument("--classes", type=int, default=None, help="number of classes (zoo name)")
+    conv.add_argument("--input-size", type=int, default=224, help="input height = width")
+    conv.set_defaults(func=_cmd_convert)
+
+    pred = sub.add_parser("predict", help="classify images with an exported network",
+                          description="Loads PREFIX-symbol.json / PREFIX-0000.params (packed "
+                                      "or float) and prints the top classes of each image, "
+                                      "with class names when PREFIX-model.json has them.")
+    pred.add_argument("prefix", metavar="PREFIX", help="export prefix")
+    pred.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    pred.add_argument("--topk", type=int, default=5, help="classes to show (default: 5)")
+    pred.add_argument("--input-size", type=int, default=None,
+                      help="input size when PREFIX-model.json is absent (default: 224)")
+    pred.set_defaults(func=_cmd_predict)
     return parser
 
 

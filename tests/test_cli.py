@@ -32,3 +32,100 @@ def test_bad_command_lines_exit_2_with_usage(argv):
     assert result.returncode == 2
     assert "usage: bmxnet-ext" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def _small_trained_net(tmp_path):
+    import mxnet as mx
+
+    from bmxnet_ext import model_zoo
+    net = model_zoo.get_model("meliusnet22", classes=10, input_size=32)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    net(mx.nd.zeros((1, 3, 32, 32)))
+    weights = str(tmp_path / "trained.params")
+    net.save_parameters(weights)
+    return net, weights
+
+
+def _packed_outputs(prefix, x):
+    import mxnet as mx
+
+    from bmxnet_ext import load_xnor
+    return load_xnor(prefix)(mx.nd.array(x)).asnumpy()
+
+
+def test_convert_a_zoo_name_with_trained_weights(tmp_path, capsys):
+    import mxnet as mx
+    import numpy as np
+
+    net, weights = _small_trained_net(tmp_path)
+    out = tmp_path / "packed"
+    assert main(["convert", "meliusnet22", "--out", str(out), "--params", weights,
+                 "--classes", "10", "--input-size", "32"]) == 0
+    assert "verified" in capsys.readouterr().out
+    x = np.random.RandomState(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_allclose(_packed_outputs(str(out / "meliusnet22"), x),
+                               net(mx.nd.array(x)).asnumpy(), rtol=1e-5, atol=1e-4)
+
+
+def test_convert_an_exported_training_graph(tmp_path):
+    import mxnet as mx
+    import numpy as np
+
+    from bmxnet_ext.model_card import write_model_card
+    net, _ = _small_trained_net(tmp_path)
+    net.hybridize()
+    x = np.random.RandomState(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
+    expected = net(mx.nd.array(x)).asnumpy()
+    prefix = str(tmp_path / "float")
+    net.export(prefix)
+    write_model_card(prefix, "meliusnet22", {"classes": 10, "input_size": 32}, input_size=32)
+    assert main(["convert", prefix, "--out", str(tmp_path / "packed")]) == 0
+    np.testing.assert_allclose(_packed_outputs(str(tmp_path / "packed" / "meliusnet22"), x),
+                               expected, rtol=1e-5, atol=1e-4)
+
+
+def test_predict_prints_top_k_with_class_names(tmp_path, capsys):
+    import cv2
+    import numpy as np
+
+    from bmxnet_ext.model_card import read_model_card, write_model_card
+    out = tmp_path / "packed"
+    assert main(["convert", "meliusnet22", "--out", str(out), "--classes", "10",
+                 "--input-size", "32"]) == 0
+    prefix = str(out / "meliusnet22")
+    card = read_model_card(prefix)
+    write_model_card(prefix, card["model"], card["model_kwargs"], input_size=32,
+                     class_names=[f"class{i}" for i in range(10)], packed=True)
+    image = str(tmp_path / "image.png")
+    cv2.imwrite(image, (np.random.RandomState(2).rand(40, 50, 3) * 255).astype(np.uint8))
+    capsys.readouterr()
+    assert main(["predict", prefix, image, "--topk", "3"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{image}: class") and line.count("class") == 3
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["convert", "meliusnet222", "--out", "{tmp}"], "unknown model 'meliusnet222'; did you mean"),
+    (["convert", "{tmp}/nothing", "--out", "{tmp}"], "unknown model"),
+    (["predict", "{tmp}/nothing", "{tmp}/x.png"], "nothing-symbol.json does not exist"),
+    (["summary", "resnet_e1"], "unknown model 'resnet_e1'"),
+])
+def test_user_errors_are_one_line(argv, message, tmp_path, capsys):
+    argv = [arg.format(tmp=tmp_path) for arg in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+
+
+def test_predict_refuses_a_missing_image(tmp_path, capsys):
+    out = tmp_path / "packed"
+    assert main(["convert", "meliusnet22", "--out", str(out), "--classes", "10",
+                 "--input-size", "32"]) == 0
+    assert main(["predict", str(out / "meliusnet22"), str(tmp_path / "none.png")]) == 2
+    assert "no image file at" in capsys.readouterr().err
+
+
+def test_convert_refuses_a_prefix_without_model_card(tmp_path, capsys):
+    (tmp_path / "m-symbol.json").write_text("{}")
+    assert main(["convert", str(tmp_path / "m"), "--out", str(tmp_path)]) == 2
+    assert "m-model.json is missing" in capsys.readouterr().err
