@@ -16,6 +16,7 @@ Counts are per input sample:
 import os
 
 import mxnet as mx
+import numpy as np
 from mxnet.gluon import nn
 
 from .layers import QConv2D, QDense
@@ -42,6 +43,12 @@ def _named_blocks(block, path="", seen=None):
 def _kind(block):
     if isinstance(block, _TRANSPOSED):
         raise ValueError(f"summary does not count transposed convolutions ({block.name})")
+    packed = [p.name for p in block.params.values() if np.dtype(p.dtype).kind != "f"]
+    if packed:
+        raise ValueError(f"summary counts training networks; {block.name} holds non-float "
+                         f"parameters ({', '.join(packed)}), as a packed network does. Count "
+                         "the network before convert_to_xnor and pass the packed export as "
+                         "packed_params_file")
     binary = isinstance(block, (QConv2D, QDense)) and block.binary
     if isinstance(block, _CONVS):
         return "binary conv" if binary else "conv"

@@ -142,6 +142,19 @@ def test_transposed_convolutions_are_refused():
         summary(nn.Conv2DTranspose(4, 3, in_channels=4), (1, 4, 8, 8), print_table=False)
 
 
+def test_packed_networks_are_refused():
+    class Packed(nn.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            self.packed_weight = self.params.get("packed_weight", shape=(4, 1), dtype="int32")
+
+        def hybrid_forward(self, F, x, packed_weight):
+            return x
+
+    with pytest.raises(ValueError, match="before convert_to_xnor"):
+        summary(Packed(), (1, 4), print_table=False)
+
+
 def test_cli_prints_the_totals_as_json(capsys):
     assert main(["summary", "meliusnet22", "--json"]) == 0
     totals = json.loads(capsys.readouterr().out)
