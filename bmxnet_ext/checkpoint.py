@@ -1,0 +1,170 @@
+"""Crash-safe checkpoints: a checkpoint is either completely there or not there at all.
+
+Layout of a checkpoint directory::
+
+    latest.json             the commit record: epoch, sub-directory, SHA-256 of each file
+    epoch-0003/net.params   network parameters (``save_parameters``, BN statistics included)
+    epoch-0003/trainer.states   optimizer state, update counts and lr schedule
+    epoch-0003/meta.json    epoch, schedule position, metrics history, anything the caller adds
+
+A checkpoint is written into a temporary sub-directory, each file flushed to disk, the directory
+renamed into place, and only then is ``latest.json`` replaced (temp file + ``os.replace``) — the
+commit. A crash, ``SIGKILL`` or Ctrl-C at any point leaves the previous commit untouched, and
+:meth:`CheckpointManager.load` checks the hashes before it changes anything.
+"""
+import hashlib
+import json
+import os
+import re
+import shutil
+
+__all__ = ["CheckpointError", "atomic_write", "CheckpointManager"]
+
+_NAME = re.compile(r"^epoch-(\d{4,})$")
+_FILES = ("net.params", "trainer.states", "meta.json")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, corrupt, or does not fit the network."""
+
+
+def _fsync_dir(path):
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # directories cannot be opened on some platforms; rename is still atomic
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path):
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def atomic_write(path, write):
+    """Calls ``write(temp_path)`` and moves the result onto ``path`` atomically.
+
+    ``write`` creates the file it is given. Until it returns and the file is on disk, ``path``
+    keeps its previous content; on any exception (KeyboardInterrupt included) the temporary file
+    is removed and the exception propagates.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    temp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    try:
+        write(temp)
+        _fsync_file(temp)
+        os.replace(temp, path)
+    finally:
+        if os.path.exists(temp):
+            os.remove(temp)
+    _fsync_dir(directory)
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class CheckpointManager:
+    """Saves and restores network, trainer and metadata in ``directory``.
+
+    Parameters
+    ----------
+    directory : str
+        Created when missing.
+    keep : int
+        Committed checkpoints to keep; older ones are deleted after each commit (at least 1).
+    """
+
+    def __init__(self, directory, keep=2):
+        if keep < 1:
+            raise ValueError(f"keep must be at least 1, got {keep}")
+        self.directory, self.keep = directory, keep
+        self.pointer = os.path.join(directory, "latest.json")
+
+    def latest(self):
+        """The commit record (``{"epoch", "dir", "files"}``) or None when nothing is saved."""
+        if not os.path.exists(self.pointer):
+            return None
+        try:
+            with open(self.pointer) as f:
+                record = json.load(f)
+            record["epoch"], record["dir"], record["files"]  # noqa: B018 (shape check)
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{self.pointer} is unreadable ({err}); it is only ever "
+                                  "replaced atomically, so the file was changed by hand") from err
+        return record
+
+    def save(self, epoch, net, trainer, meta):
+        """Commits a checkpoint of ``net``, ``trainer`` (a gluon.Trainer) and the JSON-able dict
+        ``meta`` (``epoch`` is added to it) as epoch ``epoch``; returns its directory."""
+        os.makedirs(self.directory, exist_ok=True)
+        name = f"epoch-{epoch:04d}"
+        final = os.path.join(self.directory, name)
+        temp = os.path.join(self.directory, f".{name}.tmp-{os.getpid()}")
+        shutil.rmtree(temp, ignore_errors=True)
+        try:
+            os.makedirs(temp)
+            net.save_parameters(os.path.join(temp, "net.params"))
+            trainer.save_states(os.path.join(temp, "trainer.states"))
+            with open(os.path.join(temp, "meta.json"), "w") as f:
+                json.dump(dict(meta, epoch=epoch), f, indent=1, sort_keys=True)
+            for file in _FILES:
+                _fsync_file(os.path.join(temp, file))
+            hashes = {file: _sha256(os.path.join(temp, file)) for file in _FILES}
+            record = self.latest()
+            if os.path.exists(final):
+                if record is not None and record["dir"] == name:
+                    raise CheckpointError(f"epoch {epoch} is already committed in {final}")
+                shutil.rmtree(final)  # left over by a run that died before committing it
+            os.rename(temp, final)
+            _fsync_dir(self.directory)
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+        atomic_write(self.pointer, lambda path: _write_json(path, {"epoch": epoch, "dir": name,
+                                                                    "files": hashes}))
+        self._prune(keep_name=name)
+        return final
+
+    def _prune(self, keep_name):
+        done = sorted(entry for entry in os.listdir(self.directory) if _NAME.match(entry))
+        for entry in done[:-self.keep]:
+            if entry != keep_name:
+                shutil.rmtree(os.path.join(self.directory, entry), ignore_errors=True)
+
+    def load(self, net, trainer=None, ctx=None):
+        """Restores the latest commit into ``net`` (and ``trainer``); returns its meta dict.
+
+        Raises :class:`CheckpointError` when there is no checkpoint, a file's hash differs from
+        the commit record, or the parameters do not fit ``net``.
+        """
+        record = self.latest()
+        if record is None:
+            raise CheckpointError(f"no checkpoint in {self.directory} (no latest.json)")
+        folder = os.path.join(self.directory, record["dir"])
+        for file, digest in record["files"].items():
+            path = os.path.join(folder, file)
+            if not os.path.exists(path) or _sha256(path) != digest:
+                raise CheckpointError(f"checkpoint file {path} is missing or does not match the "
+                                      "hash recorded at commit time")
+        with open(os.path.join(folder, "meta.json")) as f:
+            meta = json.load(f)
+        try:
+            net.load_parameters(os.path.join(folder, "net.params"), ctx=ctx)
+        except (AssertionError, ValueError, RuntimeError) as err:
+            raise CheckpointError(f"the parameters in {folder} do not fit this network: "
+                                  f"{err}") from err
+        if trainer is not None:
+            trainer.load_states(os.path.join(folder, "trainer.states"))
+        return meta
+
+
+def _write_json(path, obj):
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)

@@ -1,0 +1,195 @@
+"""The crash-safe training loop: epochs of training and validation, with a checkpoint, log rows
+and a plot after every epoch, exact resume, and a NaN guard.
+
+>>> result = fit(net, trainer, train_data, epochs=10, val_data=val_data, out_dir="run1")
+>>> result = fit(net, trainer, train_data, epochs=10, val_data=val_data, out_dir="run1",
+...              resume=True)           # after a crash, SIGKILL or Ctrl-C: continues exactly
+
+What "exactly" takes: the checkpoint holds parameters, optimizer state, update counts and the
+schedule's position; each epoch reseeds Python's, numpy's and MXNet's generators from
+``(seed, epoch)`` and calls ``train_data.set_epoch(epoch)`` when it exists, so epoch ``e`` shuffles
+and augments the same way whether or not the run was interrupted before it. Data decoded in
+worker processes (``num_workers > 0``) or MXNet's threaded engine on several threads can still
+make runs differ in the last bits.
+"""
+import os
+import random
+import time
+from dataclasses import dataclass, field
+
+import mxnet as mx
+import numpy as np
+
+from .checkpoint import CheckpointManager
+from .distributed import WorkerSync
+from .history import TrainingLog
+from .training import NonFiniteLossError, evaluate_metrics, train_epoch_metrics
+
+__all__ = ["FitResult", "fit", "seed_everything"]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` did: ``history`` (one dict per epoch, resumed epochs included),
+    ``epochs_run`` (in this call), ``checkpoint`` (directory of the last commit, or None)."""
+
+    history: list = field(default_factory=list)
+    epochs_run: int = 0
+    checkpoint: str = None
+
+
+def seed_everything(seed, epoch=0):
+    """Seeds Python's ``random``, numpy's and MXNet's generators (all devices) from
+    ``(seed, epoch)``."""
+    value = int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0] % (2 ** 31 - 1))
+    random.seed(value)
+    np.random.seed(value)
+    mx.random.seed(value)
+
+
+def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=None,
+        resume=False, loss_fn=None, topk=(1, 5), seed=0, kvstore=None, keep_checkpoints=2,
+        quiet=False, on_batch_end=None, on_epoch_end=None, print_fn=print):
+    """Trains ``net`` for ``epochs`` epochs (counted from 0, including resumed ones).
+
+    Parameters
+    ----------
+    net : gluon.Block
+        Initialized on ``ctx``.
+    trainer : gluon.Trainer
+        With its learning-rate schedule (see :func:`bmxnet_ext.recipe.make_trainer`).
+    train_data, val_data : iterable of (data, label)
+        E.g. :mod:`bmxnet_ext.pipelines` objects or gluon DataLoaders; ``set_epoch(epoch)`` is
+        called when present.
+    epochs : int
+        Total epochs of the run.
+    ctx : Context or list of Context
+        Devices; each batch is split across them.
+    out_dir : str, optional
+        Where ``checkpoints/``, ``log.csv``, ``log.json`` and ``curves.png`` go. Without it
+        nothing is written and ``resume`` is impossible.
+    resume : bool
+        Continue from the last checkpoint in ``out_dir`` (which must exist). Without ``resume``
+        an ``out_dir`` that already holds a checkpoint is refused rather than overwritten.
+    loss_fn, topk
+        Per-sample loss (softmax cross-entropy) and the accuracies measured (top-1, top-5).
+    seed : int
+        Base of the per-epoch seeds (:func:`seed_everything`).
+    kvstore : mx.kv.KVStore, optional
+        The distributed kvstore the trainer uses; workers then stay in lock step (see
+        :class:`bmxnet_ext.distributed.WorkerSync`) and BatchNorm statistics are averaged over
+        workers (and devices) after every epoch.
+    keep_checkpoints : int
+        Committed checkpoints kept on disk.
+    quiet : bool
+        No progress bars and no per-epoch lines.
+    on_batch_end, on_epoch_end : callable, optional
+        ``on_batch_end(epoch, batch_index, metrics)``; ``on_epoch_end(epoch, row)`` after the
+        epoch's checkpoint is committed.
+
+    Returns
+    -------
+    FitResult
+
+    Raises
+    ------
+    NonFiniteLossError
+        When a loss becomes NaN or infinite; the message names the last good checkpoint, which
+        is left as it was.
+    KeyboardInterrupt
+        Passed on after saying which checkpoint a ``resume`` will continue from.
+    """
+    if epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {epochs}")
+    sync = WorkerSync(kvstore)
+    manager = CheckpointManager(os.path.join(out_dir, "checkpoints"), keep_checkpoints) \
+        if out_dir else None
+    history, start = [], 0
+    if resume:
+        if manager is None:
+            raise ValueError("resume=True needs the out_dir of the run to continue")
+        meta = manager.load(net, trainer, ctx=ctx)
+        history, start = list(meta["history"]), meta["epoch"]
+        _say(print_fn, quiet, f"resumed from {manager.directory} at epoch {start} "
+                              f"(update {meta['num_update']}, lr {meta['lr']:.3g})")
+    elif manager is not None and manager.latest() is not None:
+        raise FileExistsError(f"{out_dir} already holds a checkpoint (epoch "
+                              f"{manager.latest()['epoch']}); pass resume=True to continue it or "
+                              "choose another out_dir")
+    log = TrainingLog(out_dir, history) if out_dir else None
+    result = FitResult(history=history, checkpoint=_committed(manager))
+
+    for epoch in range(start, epochs):
+        try:
+            row = _run_epoch(net, trainer, train_data, val_data, epoch, epochs, ctx, loss_fn,
+                             topk, seed, sync, quiet, on_batch_end)
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(f"epoch {epoch}: {err}. Stopped; "
+                                     f"{_last_good(manager)}") from err
+        except KeyboardInterrupt:
+            _say(print_fn, False, f"interrupted in epoch {epoch}; {_last_good(manager)}")
+            raise
+        history.append(row)
+        if manager is not None:
+            meta = {"history": history, "num_update": row["num_update"], "lr": row["lr"],
+                    "seed": seed}
+            result.checkpoint = manager.save(epoch + 1, net, trainer, meta)
+            log.append(row)
+        result.epochs_run += 1
+        _say(print_fn, quiet, _epoch_line(row, epochs))
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, row)
+    return result
+
+
+def _run_epoch(net, trainer, train_data, val_data, epoch, epochs, ctx, loss_fn, topk, seed,
+               sync, quiet, on_batch_end):
+    for data in (train_data, val_data):
+        if hasattr(data, "set_epoch"):
+            data.set_epoch(epoch)
+    seed_everything(seed, epoch)
+    start = time.perf_counter()
+    batch_hook = None if on_batch_end is None else (
+        lambda index, metrics: on_batch_end(epoch, index, metrics))
+    train = train_epoch_metrics(net, trainer, train_data, loss_fn, ctx, topk, sync,
+                                desc=f"epoch {epoch + 1}/{epochs}", quiet=quiet,
+                                on_batch_end=batch_hook)
+    seconds = time.perf_counter() - start
+    sync.average_aux_states(net)
+    row = {"epoch": epoch + 1}
+    row.update({f"train_{key}": value for key, value in train.items() if key != "samples"})
+    if val_data is not None:
+        val = evaluate_metrics(net, val_data, ctx, loss_fn, topk)
+        row.update({f"val_{key}": value for key, value in val.items() if key != "samples"})
+    row.update(lr=float(trainer.learning_rate), num_update=int(trainer.optimizer.num_update),
+               seconds=seconds, samples_per_second=train["samples"] / max(seconds, 1e-9))
+    return row
+
+
+def _committed(manager):
+    record = manager.latest() if manager is not None else None
+    return os.path.join(manager.directory, record["dir"]) if record else None
+
+
+def _last_good(manager):
+    record = manager.latest() if manager is not None else None
+    if record is None:
+        return "no checkpoint was written (nothing finished an epoch yet)"
+    return (f"the last good checkpoint is epoch {record['epoch']} in "
+            f"{os.path.join(manager.directory, record['dir'])} (resume=True continues from it)")
+
+
+def _epoch_line(row, epochs):
+    parts = [f"epoch {row['epoch']}/{epochs}", f"train loss {row['train_loss']:.4f}"]
+    parts += [f"train {k} {row[f'train_{k}']:.4f}" for k in ("top1", "top5")
+              if f"train_{k}" in row]
+    parts += [f"val {k} {row[f'val_{k}']:.4f}" for k in ("loss", "top1", "top5")
+              if f"val_{k}" in row]
+    parts += [f"lr {row['lr']:.3g}", f"{row['samples_per_second']:.0f} img/s",
+              f"{row['seconds']:.1f} s"]
+    return ", ".join(parts)
+
+
+def _say(print_fn, quiet, message):
+    if not quiet and print_fn is not None:
+        print_fn(message)

@@ -1,0 +1,129 @@
+"""The paper's training recipe (MeliusNet's ImageNet runs, as published with BMXNet-v2).
+
+RAdam (beta1 0.95, epsilon 1e-5), cosine decay to 0 per iteration without warm-up, no weight
+decay, Xavier gaussian initialization (fan-in, magnitude 2), plain cross-entropy; learning rate,
+epochs and batch per device per model below. :func:`get_recipe` answers for any model name (the
+zoo's other networks get the MeliusNet22 setting), :func:`prepare_network` and
+:func:`make_trainer` apply it.
+"""
+import dataclasses
+from dataclasses import dataclass, field
+
+import mxnet as mx
+from mxnet import gluon
+
+from . import optim
+from .distributed import create_kvstore
+
+__all__ = ["Recipe", "RECIPES", "get_recipe", "paper_initializer", "exclude_norm_from_wd",
+           "prepare_network", "make_trainer"]
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Training hyper-parameters of one model.
+
+    ``batch_per_device`` x ``devices`` is the paper's global batch; ``top1`` its reported
+    ImageNet top-1 accuracy (None where the paper reports none).
+    """
+
+    lr: float = 0.002
+    epochs: int = 120
+    batch_per_device: int = 32
+    devices: int = 2
+    optimizer: str = "radam"
+    optimizer_params: dict = field(default_factory=lambda: {"beta1": 0.95, "epsilon": 1e-5})
+    wd: float = 0.0
+    schedule: str = "cosine"
+    step_epochs: tuple = ()
+    step_factor: float = 0.1
+    image_size: int = 224
+    top1: float = None
+
+    def replace(self, **changes):
+        """A copy with ``changes`` applied; ``None`` values are ignored (CLI defaults)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+_BASE = Recipe()
+RECIPES = {
+    "meliusnet22": _BASE.replace(top1=63.6),
+    "meliusnet29": _BASE.replace(top1=65.8),
+    "meliusnet42": _BASE.replace(batch_per_device=16, devices=4, top1=69.2),
+    "meliusnet59": _BASE.replace(lr=0.003, epochs=150, batch_per_device=12, devices=8,
+                                 top1=71.0),
+    "meliusnet_a": _BASE.replace(top1=63.4),
+    "meliusnet_b": _BASE.replace(top1=65.7),
+    "meliusnet_c": _BASE.replace(top1=64.1),
+}
+
+
+def get_recipe(model_name):
+    """The recipe of ``model_name``: the paper's where it trained that model, else MeliusNet22's
+    (the same optimizer and schedule; no reported accuracy)."""
+    return RECIPES.get(model_name, _BASE)
+
+
+def paper_initializer():
+    """Xavier, gaussian, fan-in, magnitude 2 (He initialization), as the paper's runs."""
+    return mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2)
+
+
+def exclude_norm_from_wd(net):
+    """Sets ``wd_mult = 0`` on every BatchNorm scale and shift (gamma, beta) of ``net``; binary
+    layers already exempt their latent weights. Returns the names changed."""
+    names = []
+    for block in _blocks(net):
+        if isinstance(block, (gluon.nn.BatchNorm, gluon.contrib.nn.SyncBatchNorm)):
+            for param in (block.gamma, block.beta):
+                param.wd_mult = 0.0
+                names.append(param.name)
+    return names
+
+
+def _blocks(block):
+    yield block
+    for child in block._children.values():
+        yield from _blocks(child)
+
+
+def prepare_network(net, ctx=mx.cpu(), input_shape=None, init=None):
+    """Initializes ``net`` on ``ctx`` (one context or a list) with ``init`` (default
+    :func:`paper_initializer`), exempts BatchNorm from weight decay and, given ``input_shape``
+    (e.g. ``(1, 3, 224, 224)``), runs one forward pass so deferred shapes are resolved now."""
+    net.initialize(init or paper_initializer(), ctx=ctx)
+    exclude_norm_from_wd(net)
+    if input_shape is not None:
+        first = ctx[0] if isinstance(ctx, (list, tuple)) else ctx
+        net(mx.nd.zeros(input_shape, ctx=first))
+    return net
+
+
+def make_trainer(net, recipe, iters_per_epoch, kvstore="device", epochs=None):
+    """A ``gluon.Trainer`` for ``net`` following ``recipe``, with its learning-rate schedule.
+
+    Parameters
+    ----------
+    recipe : Recipe
+        Optimizer, lr, schedule and weight decay (``recipe.replace(lr=...)`` to change one).
+    iters_per_epoch : int
+        Steps per epoch of this worker (the schedule runs per iteration).
+    kvstore : str or mx.kv.KVStore
+        ``"local"``, ``"device"`` or a created distributed store (see
+        :func:`bmxnet_ext.distributed.create_kvstore`; a distributed name is created here).
+    epochs : int, optional
+        Length of the schedule; ``recipe.epochs`` by default.
+
+    Optimizer updates run on the workers (``update_on_kvstore=False``): the parameter servers
+    only sum gradients, so they need not unpickle this package's optimizer, and
+    ``Trainer.save_states`` can checkpoint the optimizer on every kvstore.
+    """
+    if isinstance(kvstore, str):
+        kvstore = create_kvstore(kvstore)
+    scheduler = optim.make_lr_scheduler(recipe.schedule, recipe.lr, epochs or recipe.epochs,
+                                        iters_per_epoch, step_epochs=recipe.step_epochs,
+                                        step_factor=recipe.step_factor)
+    params = dict(recipe.optimizer_params, learning_rate=recipe.lr, wd=recipe.wd,
+                  lr_scheduler=scheduler)
+    return gluon.Trainer(net.collect_params(), recipe.optimizer, params, kvstore=kvstore,
+                         update_on_kvstore=False)
