@@ -159,7 +159,11 @@ bool assign_or_check_dtype(const char* op, std::vector<int>* types, size_t index
 bool assign_or_check_shape(const char* op, Shapes* shapes, size_t index, const char* name,
                            const std::vector<unsigned int>& expected, const char* formula) {
   std::vector<unsigned int>& shape = (*shapes)[index];
-  if (shape.empty()) shape = expected;
+  bool fits = shape.empty() || shape.size() == expected.size();
+  for (size_t i = 0; fits && i < shape.size(); ++i) {
+    fits = shape[i] == expected[i] || shape[i] == static_cast<unsigned int>(-1);
+  }
+  if (fits) shape = expected;
   if (shape != expected) {
     MX_ERROR_MSG << op << ": input '" << name << "' must have shape " << shape_str(expected)
                  << " = " << formula << ", got " << shape_str(shape);

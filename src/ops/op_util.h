@@ -53,8 +53,12 @@ bool check_rank(const char* op, const Shapes& shapes, size_t index, const char* 
 bool assign_or_check_dtype(const char* op, std::vector<int>* types, size_t index,
                            const char* name, int expected);
 
-// Shape inference: an input of unknown shape (rank 0) gets `expected`, a known one must equal
-// it; `formula` explains the expected shape in the message.
+// Shape inference: an input of unknown shape (rank 0) or with unknown dimensions gets
+// `expected`, a known one must equal it; `formula` explains the expected shape in the message.
+// Beware: MXNet 1.9.1 mis-sizes its shape buffer when an input's shape is wholly unknown
+// (ndim -1) and writes past it before calling us, so graphs should declare at least the rank of
+// every weight variable (e.g. mx.sym.var("weight", shape=(0, 0, 0, 0), dtype="int32")), as
+// Gluon parameters always do.
 bool assign_or_check_shape(const char* op, Shapes* shapes, size_t index, const char* name,
                            const std::vector<unsigned int>& expected, const char* formula);
 
