@@ -2,7 +2,7 @@
 import difflib
 import fnmatch
 
-__all__ = ["register_model", "get_model", "list_models"]
+__all__ = ["register_model", "get_model", "list_models", "no_pretrained_weights"]
 
 _MODELS = {}
 
@@ -43,3 +43,10 @@ def get_model(name, **kwargs):
                 else f"known models: {', '.join(sorted(_MODELS))}")
         raise ValueError(f"unknown model {name!r}; {hint}")
     return _MODELS[name](**{key: value for key, value in kwargs.items() if value is not None})
+
+
+def no_pretrained_weights(name):
+    """The error for ``pretrained=True`` on a constructor whose structure its arguments decide."""
+    return ValueError(f"{name} has no pretrained weights: its structure is whatever its arguments "
+                      "make it. Load your own with bmxnet_ext.model_store.load_pretrained(net, "
+                      "name) after register_pretrained(trained_net, name)")

@@ -9,7 +9,7 @@ widths follow ``round(c * reduction / 32) * 32``. Entry points take the argument
 """
 from bmxnet_ext.model_store import load_pretrained
 
-from ._registry import register_model
+from ._registry import no_pretrained_weights, register_model
 from .meliusnet import MeliusNet
 
 __all__ = ["BinaryDenseNet"]
@@ -63,10 +63,13 @@ def binary_densenet45(pretrained=False, **kwargs):
 
 
 @register_model
-def binary_densenet_flex(blocks=(2, 2, 2, 2), reductions=(1 / 2, 1 / 2, 1 / 2), **kwargs):
+def binary_densenet_flex(blocks=(2, 2, 2, 2), reductions=(1 / 2, 1 / 2, 1 / 2), pretrained=False,
+                         **kwargs):
     """A BinaryDenseNet of any depth, for research and small data; no published ImageNet result.
 
     ``blocks`` per stage and transition ``reductions`` are free; other arguments:
     :class:`BinaryDenseNet` (Bethge et al., 2019).
     """
+    if pretrained:
+        raise no_pretrained_weights("binary_densenet_flex")
     return BinaryDenseNet(blocks, reductions, **kwargs)

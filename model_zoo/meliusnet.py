@@ -13,7 +13,7 @@ from bmxnet_ext.blocks import (DenseBlock, Head, ImprovementBlock, Stem, Transit
                                reduced_width, resolve_stem)
 from bmxnet_ext.model_store import load_pretrained
 
-from ._registry import register_model
+from ._registry import no_pretrained_weights, register_model
 
 __all__ = ["MeliusNet"]
 
@@ -182,12 +182,14 @@ def meliusnet_c(pretrained=False, **kwargs):
 
 @register_model
 def meliusnet_flex(blocks=(2, 2, 2, 2), reductions=(1 / 2, 1 / 2, 1 / 2), transition_groups=1,
-                   **kwargs):
+                   pretrained=False, **kwargs):
     """A MeliusNet of any depth, for research and small data; no published ImageNet result.
 
     ``blocks`` per stage and transition ``reductions`` (out/in fractions, rounded to multiples
     of 32) are free; the defaults make a small network. Other arguments: :class:`MeliusNet`
     (Bethge et al., 2020).
     """
+    if pretrained:
+        raise no_pretrained_weights("meliusnet_flex")
     return MeliusNet(blocks, reductions=reductions, transition_groups=transition_groups,
                      **kwargs)

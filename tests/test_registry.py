@@ -75,3 +75,9 @@ def test_cli_reports_an_unknown_model_in_one_line(capsys):
     err = capsys.readouterr().err
     assert err.startswith("bmxnet-ext summary: error: unknown model 'meliusnet23'; did you mean")
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["meliusnet_flex", "binary_densenet_flex"])
+def test_flex_constructors_have_no_pretrained_weights(name):
+    with pytest.raises(ValueError, match=f"{name} has no pretrained weights"):
+        get_model(name, pretrained=True)
