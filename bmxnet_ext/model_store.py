@@ -18,6 +18,8 @@ import re
 import shutil
 import tempfile
 
+import mxnet as mx
+
 __all__ = ["ChecksumError", "store_root", "pretrained_file", "load_pretrained",
            "register_pretrained", "sha256_file"]
 
@@ -86,8 +88,18 @@ def pretrained_file(name, root=None):
 
 
 def load_pretrained(net, name, root=None, ctx=None):
-    """Loads the verified weights of ``name`` from the store into ``net`` (on ``ctx``)."""
-    net.load_parameters(pretrained_file(name, root), ctx=ctx)
+    """Loads the verified weights of ``name`` from the store into ``net`` (on ``ctx``).
+
+    Raises ValueError when they do not fit ``net`` (a network built with other arguments, e.g.
+    ``classes`` or ``stem``, than the one registered).
+    """
+    path = pretrained_file(name, root)
+    try:
+        net.load_parameters(path, ctx=ctx)
+    except (AssertionError, mx.base.MXNetError) as err:
+        raise ValueError(f"the weights in {path} do not fit this {type(net).__name__}; build it "
+                         f"with the arguments (classes, stem, ...) of the registered network. "
+                         f"MXNet: {str(err).strip().splitlines()[0]}") from err
     return net
 
 

@@ -73,6 +73,12 @@ def test_pretrained_root_argument_reaches_the_store(tmp_path):
     assert net.collect_params()[net.head.output.weight.name].shape == (10, 512)
 
 
+def test_weights_of_another_configuration_are_refused(tmp_path):
+    register_pretrained(_trained("resnet_e18"), "resnet_e18", root=str(tmp_path))
+    with pytest.raises(ValueError, match="do not fit this ResNetE"):
+        get_model("resnet_e18", pretrained=True, root=str(tmp_path))  # 224 stem, 1000 classes
+
+
 def test_missing_weights_say_where_they_were_looked_for_and_how_to_add_them(tmp_path):
     with pytest.raises(FileNotFoundError) as info:
         get_model("meliusnet22", pretrained=True, root=str(tmp_path))
