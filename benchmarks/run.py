@@ -207,7 +207,7 @@ def _chart(e2e_runs, path):
     ax.set_xticklabels(labels, rotation=75, fontsize=7)
     ax.set_yscale("log")
     ax.set_ylabel("latency, ms (median, log scale)")
-    ax.set_title("End-to-end CPU latency: packed (green), float (blue), MobileNet v1 (grey)")
+    ax.set_title("CPU latency: packed (green), float (blue), MobileNet v1 (grey)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -96,12 +96,13 @@ class XnorConv2D(HybridBlock):
 
 class XnorDense(HybridBlock):
     """Packed inference form of a binary fully connected layer (``bmx_binary_dense``); see
-    :class:`XnorConv2D`. Flattens its input like ``nn.Dense``."""
+    :class:`XnorConv2D`. Flattens its input like ``nn.Dense`` (or, with ``flatten=False``,
+    applies to the last axis)."""
 
-    def __init__(self, units, in_units, offset, scaling, use_bias, **kwargs):
+    def __init__(self, units, in_units, offset, scaling, use_bias, flatten=True, **kwargs):
         super().__init__(**kwargs)
         self._attrs = {"num_hidden": units, "in_units": in_units, "offset": offset,
-                       "scaling": scaling}
+                       "scaling": scaling, "flatten": flatten}
         with self.name_scope():
             self.packed_weight = self.params.get(
                 "packed_weight", shape=(units, _words(in_units)), dtype="int32",
@@ -114,10 +115,8 @@ class XnorDense(HybridBlock):
     @classmethod
     def from_layer(cls, dense):
         """Packs the weights of a trained binary ``QDense`` with an input quantizer."""
-        if not dense._flatten:
-            raise ConversionError(f"{dense.name}: QDense(flatten=False) has no packed form")
         block = cls(dense._units, dense._in_units, use_bias=dense.bias is not None,
-                    prefix=dense.prefix, **_output_attrs(dense))
+                    flatten=dense._flatten, prefix=dense.prefix, **_output_attrs(dense))
         block.initialize()
         latent = dense.weight.data().asnumpy()
         block.packed_weight.set_data(mx.nd.array(kernels.pack_dense_weights(latent),
@@ -132,7 +131,7 @@ class XnorDense(HybridBlock):
         inputs = [x, packed_weight] + ([scale] if scale is not None else [])
         y = F.bmx_binary_dense(*inputs, name=_OP_NODE_NAME, **self._attrs)
         if bias is not None:
-            y = F.broadcast_add(y, bias.reshape((1, -1)))
+            y = F.broadcast_add(y, bias)
         return y
 
 

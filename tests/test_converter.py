@@ -218,12 +218,13 @@ def test_probe_shape_is_required_when_the_network_declares_none():
         convert_to_xnor(_trained_like(_MixedNet()))
 
 
-def test_flatten_false_dense_is_refused():
+def test_flatten_false_dense_applies_to_the_last_axis():
     net = nn.HybridSequential()
-    net.add(QDense(4, in_units=6, flatten=False, input_quantizer="det_sign"))
-    net.initialize()
-    with pytest.raises(ConversionError, match="flatten=False"):
-        convert_to_xnor(net, input_shape=(1, 6))
+    net.add(QDense(4, in_units=6, flatten=False, use_bias=True, input_quantizer="det_sign"))
+    _trained_like(net, (2, 3, 6))
+    x = mx.nd.random.normal(shape=(2, 3, 6))
+    packed = convert_to_xnor(net, input_shape=(2, 3, 6))
+    np.testing.assert_array_equal(packed(x).asnumpy(), net(x).asnumpy())
 
 
 def test_packed_meliusnet22_params_file_is_at_most_4_2_mib(tmp_path):
