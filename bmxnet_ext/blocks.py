@@ -16,6 +16,8 @@ norm_kwargs : dict or None
     Extra arguments of ``norm_layer``.
 activation : str
     Activation quantizer of the binary convolutions: ``"det_sign"`` or ``"approx_sign"``.
+    ``"relu"`` builds the full-precision twin of the network: every binary convolution becomes
+    ReLU -> float convolution (zero padding), everything else is unchanged.
 clip_threshold : float
     Gradient window of ``det_sign``; MeliusNet trains with 1.3.
 """
@@ -25,7 +27,10 @@ from .layers import BinaryConvolution
 
 __all__ = ["BinaryUnit", "DenseBlock", "ImprovementBlock", "ChannelShuffle", "Transition",
            "Stem", "STEMS", "Head", "ResNetEBlock", "reduced_width", "resolve_stem",
-           "THUMBNAIL_MAX_INPUT"]
+           "THUMBNAIL_MAX_INPUT", "FLOAT_ACTIVATION"]
+
+# The activation that turns binary units into their full-precision twins.
+FLOAT_ACTIVATION = "relu"
 
 # A stem name of None resolves to the thumbnail stem for inputs up to this size (CIFAR's 32,
 # Tiny ImageNet's 64); larger inputs get the network's ImageNet stem.
@@ -48,11 +53,26 @@ def reduced_width(channels, fraction):
     return width
 
 
+def _convolution(channels, kernel_size, strides, padding, dilation, in_channels, activation,
+                 clip_threshold):
+    """A BinaryConvolution, or with ``activation="relu"`` its full-precision twin ReLU -> conv."""
+    if activation != FLOAT_ACTIVATION:
+        return BinaryConvolution(channels, kernel_size, strides=strides, padding=padding,
+                                 dilation=dilation, in_channels=in_channels,
+                                 activation=activation, clip_threshold=clip_threshold)
+    twin = nn.HybridSequential(prefix="")
+    twin.add(nn.Activation("relu"),
+             nn.Conv2D(channels, kernel_size, strides=strides, padding=padding,
+                       dilation=dilation, use_bias=False, in_channels=in_channels))
+    return twin
+
+
 class BinaryUnit(HybridBlock):
     """``BinaryConvolution(sign(norm(x)))``: the binary unit of MeliusNet and BinaryDenseNet.
 
     Input ``(N, in_channels, H, W)``, output ``(N, channels, H', W')``; 3x3, stride 1, padding 1
-    (with -1 values) and no bias by default. Other arguments: see the module docstring.
+    (with -1 values) and no bias by default. With ``activation="relu"`` it is the
+    full-precision unit ``conv(relu(norm(x)))``. Other arguments: see the module docstring.
     """
 
     def __init__(self, in_channels, channels, kernel_size=3, strides=1, padding=1, dilation=1,
@@ -61,10 +81,8 @@ class BinaryUnit(HybridBlock):
         super().__init__(**kwargs)
         with self.name_scope():
             self.norm = _norm(norm_layer, norm_kwargs, in_channels)
-            self.conv = BinaryConvolution(channels, kernel_size, strides=strides,
-                                          padding=padding, dilation=dilation,
-                                          in_channels=in_channels, activation=activation,
-                                          clip_threshold=clip_threshold)
+            self.conv = _convolution(channels, kernel_size, strides, padding, dilation,
+                                     in_channels, activation, clip_threshold)
 
     def hybrid_forward(self, F, x):
         return self.conv(self.norm(x))
@@ -285,9 +303,8 @@ class ResNetEBlock(HybridBlock):
             raise ValueError(f"ResNetEBlock: strides must be 1 or 2, got {strides!r}")
         self.in_channels, self.out_channels = in_channels, channels
         with self.name_scope():
-            self.conv = BinaryConvolution(channels, 3, strides=strides, padding=1,
-                                          in_channels=in_channels, activation=activation,
-                                          clip_threshold=clip_threshold)
+            self.conv = _convolution(channels, 3, strides, 1, 1, in_channels, activation,
+                                     clip_threshold)
             self.norm = _norm(norm_layer, norm_kwargs, channels)
             self.downsample = None
             if strides != 1 or in_channels != channels:

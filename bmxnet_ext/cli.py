@@ -26,10 +26,8 @@ def _cmd_demo(args):
 def _cmd_summary(args):
     from . import model_zoo
     from .summary import summary
-    kwargs = {"classes": args.classes}
-    if args.stem:
-        kwargs["stem"] = args.stem
-    net = model_zoo.get_model(args.name, **kwargs)
+    net = model_zoo.get_model(args.name, classes=args.classes, stem=args.stem,
+                              input_size=args.input_size)
     size = args.input_size
     totals = summary(net, (1, 3, size, size), print_table=not args.json)
     if args.json:

@@ -210,3 +210,15 @@ def test_activation_and_clip_threshold_reach_every_binary_unit(name, kwargs, exp
     assert quantizers
     assert {(type(q).__name__, getattr(q, "clip_threshold", None)) for q in quantizers} == {
         expected}
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_float_twin_has_the_same_parameters_and_no_binary_layer(name):
+    from bmxnet_ext import summary
+    binary = summary(get_model(name, classes=10, input_size=32), (1, 3, 32, 32),
+                     print_table=False)
+    twin = summary(get_model(name, classes=10, input_size=32, activation="relu"),
+                   (1, 3, 32, 32), print_table=False)
+    assert twin["bops"] == 0 and twin["binary_params"] == 0
+    assert twin["params"] == binary["params"]
+    assert twin["flops"] == binary["flops"] + binary["bops"]
