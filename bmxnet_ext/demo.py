@@ -1,11 +1,14 @@
 """``bmxnet-ext demo``: the package's main job on an embedded default.
 
-Trains a small binary network and its float twin on scikit-learn's handwritten digits (real
-images, no download), then checks what a user relies on: hybridized == imperative, export ->
-``SymbolBlock.imports`` predicts the same, and the C++ bit packing agrees with the Cython one. It
-ends with a side-by-side table of accuracy, parameter-file size and latency.
+Trains a small MeliusNet (``meliusnet_flex``, thumbnail stem) and its full-precision twin on
+scikit-learn's handwritten digits (real images, no download), then does what a user does with a
+binary network and checks each step: hybridized == imperative, conversion to the packed xnor form,
+export, reload in a fresh Python process with the same predictions. It ends with accuracy,
+parameter-file size and latency side by side.
 """
 import os
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -13,56 +16,37 @@ import warnings
 import mxnet as mx
 import numpy as np
 from mxnet import gluon
-from mxnet.gluon import nn
 
-from . import kernels, ops
-from .data import digits_datasets
-from .layers import BinaryConvolution
+from .converter import convert_to_xnor
+from .data import digits_arrays
+from .summary import summary
 from .training import evaluate, predict, train_epoch
 
 IMAGE_SIZE = 16
+# A MeliusNet with one DenseBlock + ImprovementBlock per stage: small enough to train in a
+# minute or two on 2 CPU cores, the real architecture all the same.
+DEMO_ARCHITECTURE = dict(blocks=(1, 1, 1), reductions=(1 / 2, 1 / 2), stem="thumbnail",
+                         input_size=IMAGE_SIZE)
 
 
-def build_demo_network(binary, classes=10, clip_threshold=1.3):
-    """A small MeliusNet-like network: float stem, two BN -> sign -> binary 3x3 conv units with
-    dense (concatenating) connections, float head. ``binary=False`` gives its float twin (the
-    binary units replaced by BN -> ReLU -> 3x3 conv)."""
+def build_demo_network(binary, classes=10):
+    """The demo's MeliusNet (``binary=True``) or its full-precision twin (``binary=False``)."""
+    from . import model_zoo  # the CLI's demo may use the zoo; the core package does not
 
-    def unit(in_channels):
-        block = nn.HybridSequential()
-        block.add(nn.BatchNorm())
-        if binary:
-            block.add(BinaryConvolution(32, in_channels=in_channels,
-                                        clip_threshold=clip_threshold))
-        else:
-            block.add(nn.Activation("relu"), nn.Conv2D(32, 3, padding=1, use_bias=False,
-                                                       in_channels=in_channels))
-        return block
+    return model_zoo.get_model("meliusnet_flex", classes=classes,
+                               activation="det_sign" if binary else "relu", **DEMO_ARCHITECTURE)
 
-    class DemoNet(gluon.HybridBlock):
-        def __init__(self, **kwargs):
-            super().__init__(**kwargs)
-            with self.name_scope():
-                self.stem = nn.HybridSequential()
-                self.stem.add(nn.Conv2D(32, 3, padding=1, use_bias=False, in_channels=1),
-                              nn.BatchNorm(), nn.Activation("relu"))
-                self.unit1 = unit(32)
-                self.unit2 = unit(64)
-                self.head = nn.HybridSequential()
-                self.head.add(nn.BatchNorm(), nn.Activation("relu"), nn.MaxPool2D(2),
-                              nn.GlobalAvgPool2D(), nn.Dense(classes, in_units=96))
 
-        def hybrid_forward(self, F, x):
-            x = self.stem(x)
-            x = F.concat(x, self.unit1(x), dim=1)
-            x = F.concat(x, self.unit2(x), dim=1)
-            return self.head(x)
-
-    return DemoNet(prefix="binary_" if binary else "float_")
+def _digits_rgb(seed):
+    # The zoo's stems take RGB; the scans are grey, so the three channels are equal.
+    x_train, y_train, x_test, y_test = digits_arrays(size=IMAGE_SIZE, seed=seed)
+    return (np.repeat(x_train, 3, axis=1), y_train.astype(np.float32),
+            np.repeat(x_test, 3, axis=1), y_test.astype(np.float32))
 
 
 def _latency_ms(net, sample, repeats=30):
-    net(sample).wait_to_read()
+    for _ in range(3):
+        net(sample).wait_to_read()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -77,73 +61,111 @@ def _check(condition, what):
     print(f"  ok  {what}")
 
 
+def _predict_in_fresh_process(prefix, images_file):
+    """Class predictions of the export at ``prefix`` from a new interpreter (load_xnor)."""
+    out_file = images_file + ".pred.npy"
+    script = ("import numpy as np, mxnet as mx, bmxnet_ext; "
+              f"net = bmxnet_ext.load_xnor({prefix!r}); "
+              f"x = mx.nd.array(np.load({images_file!r})); "
+              f"np.save({out_file!r}, net(x).asnumpy())")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"reloading {prefix} in a fresh process failed:\n"
+                           f"{result.stderr[-2000:]}")
+    return np.load(out_file)
+
+
+def _train(net, kind, train_loader, epochs, lr, quiet):
+    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
+    net.hybridize()
+    trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": lr})
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        loss, acc = train_epoch(net, trainer, train_loader, desc=f"{kind} epoch {epoch + 1}",
+                                quiet=quiet)
+        if not quiet:
+            print(f"  {kind:6s} epoch {epoch + 1}/{epochs}: loss {loss:.3f}, "
+                  f"train accuracy {acc:.3f}")
+    return time.perf_counter() - start
+
+
 def run_demo(epochs=8, seed=0, quiet=False, batch_size=64, lr=2e-3):
-    """Runs the demo; returns a dict of the figures it printed."""
+    """Runs the demo; returns a dict of the figures it printed, per network."""
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     mx.random.seed(seed)
     np.random.seed(seed)
-    train_set, test_set = digits_datasets(size=IMAGE_SIZE, seed=seed)
-    train_loader = gluon.data.DataLoader(train_set, batch_size, shuffle=True, last_batch="keep")
-    test_loader = gluon.data.DataLoader(test_set, 256)
-    print(f"bmxnet-ext demo: handwritten digits (scikit-learn), {len(train_set)} train / "
-          f"{len(test_set)} test images upsampled to {IMAGE_SIZE}x{IMAGE_SIZE}, 10 classes")
+    x_train, y_train, x_test, y_test = _digits_rgb(seed)
+    train_loader = gluon.data.DataLoader(gluon.data.ArrayDataset(x_train, y_train), batch_size,
+                                         shuffle=True, last_batch="keep")
+    test_loader = gluon.data.DataLoader(gluon.data.ArrayDataset(x_test, y_test), 256)
+    shape = (1, 3, IMAGE_SIZE, IMAGE_SIZE)
+    sample = mx.nd.array(x_test[:1])
+    print(f"bmxnet-ext demo: handwritten digits (scikit-learn), {len(x_train)} train / "
+          f"{len(x_test)} test images at {IMAGE_SIZE}x{IMAGE_SIZE}, 10 classes")
+
+    binary = build_demo_network(binary=True)
+    print("\nThe binary network (MeliusNet, blocks (1, 1, 1), thumbnail stem):")
+    totals = summary(binary, shape, print_table=not quiet)
+    floating = build_demo_network(binary=False)
+    times = {"binary": _train(binary, "binary", train_loader, epochs, lr, quiet),
+             "float": _train(floating, "float", train_loader, epochs, lr, quiet)}
+
+    workdir = tempfile.mkdtemp(prefix="bmxnet_demo_")
+    print("\nchecks:")
+    logits = predict(binary, test_loader)
+    weights = os.path.join(workdir, "binary.params")
+    binary.save_parameters(weights)
+    imperative = build_demo_network(binary=True)
+    imperative.load_parameters(weights)
+    _check(np.allclose(predict(imperative, test_loader), logits, rtol=1e-4, atol=1e-4),
+           "the imperative binary network equals the hybridized one")
+
+    packed = convert_to_xnor(binary, input_shape=shape)
+    packed.hybridize()
+    packed_logits = predict(packed, test_loader)
+    _check((packed_logits.argmax(1) == logits.argmax(1)).all(),
+           "the packed (xnor) network predicts the classes of the training network")
+
+    prefixes = {"packed": os.path.join(workdir, "packed"),
+                "binary": os.path.join(workdir, "binary"),
+                "float": os.path.join(workdir, "float")}
+    for kind, net in (("packed", packed), ("binary", binary), ("float", floating)):
+        net.export(prefixes[kind])
+    images_file = os.path.join(workdir, "test_images.npy")
+    np.save(images_file, x_test)
+    reloaded = _predict_in_fresh_process(prefixes["packed"], images_file)
+    _check((reloaded.argmax(1) == packed_logits.argmax(1)).all(),
+           "the exported packed model, reloaded in a fresh process, predicts the same classes")
+    with warnings.catch_warnings():  # MXNet warns that it cannot guess the input's dtype
+        warnings.simplefilter("ignore", UserWarning)
+        float_reloaded = gluon.SymbolBlock.imports(prefixes["float"] + "-symbol.json", ["data"],
+                                                   prefixes["float"] + "-0000.params")
+    _check((predict(float_reloaded, test_loader).argmax(1)
+            == predict(floating, test_loader).argmax(1)).all(),
+           "the exported float twin, re-imported, predicts the same classes")
 
     results = {}
-    workdir = tempfile.mkdtemp(prefix="bmxnet_demo_")
-    for binary in (True, False):
-        kind = "binary" if binary else "float"
-        net = build_demo_network(binary)
-        net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
-        net.hybridize()
-        trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": lr})
-        start = time.perf_counter()
-        for epoch in range(epochs):
-            loss, acc = train_epoch(net, trainer, train_loader, desc=f"{kind} epoch {epoch + 1}",
-                                    quiet=quiet)
-            if not quiet:
-                print(f"  {kind:6s} epoch {epoch + 1}/{epochs}: loss {loss:.3f}, "
-                      f"train accuracy {acc:.3f}")
-        train_seconds = time.perf_counter() - start
-        accuracy = evaluate(net, test_loader)
-
-        prefix = os.path.join(workdir, kind)
-        net.export(prefix)
-        params_file = prefix + "-0000.params"
-        results[kind] = {"accuracy": accuracy, "train_seconds": train_seconds,
-                         "params_bytes": os.path.getsize(params_file),
-                         "latency_ms": _latency_ms(net, mx.nd.array(test_set[:1][0]))}
-
-        print(f"checks on the {kind} network:")
-        logits = predict(net, test_loader)
-        weights_file = prefix + ".weights"
-        net.save_parameters(weights_file)
-        imperative = build_demo_network(binary)
-        imperative.load_parameters(weights_file)
-        _check(np.allclose(predict(imperative, test_loader), logits, rtol=1e-4, atol=1e-4),
-               "imperative run equals the hybridized one")
-        with warnings.catch_warnings():  # MXNet warns that it cannot guess the input's dtype
-            warnings.simplefilter("ignore", UserWarning)
-            reloaded = gluon.SymbolBlock.imports(prefix + "-symbol.json", ["data"], params_file)
-        _check((predict(reloaded, test_loader).argmax(1) == logits.argmax(1)).all(),
-               "exported and re-imported model predicts the same classes")
-        if binary:
-            sample = mx.nd.array(test_set[:8][0])
-            activations = net.stem(sample)
-            _check((ops.sign_pack(activations).asnumpy()
-                    == kernels.pack_bits(activations.asnumpy())).all(),
-                   "C++ op and Cython bit packing agree on the binary layer's input")
-
+    for kind, net in (("binary", binary), ("packed", packed), ("float", floating)):
+        results[kind] = {
+            "accuracy": evaluate(net, test_loader),
+            "train_seconds": times.get("float" if kind == "float" else "binary"),
+            "params_bytes": os.path.getsize(prefixes[kind] + "-0000.params"),
+            "latency_ms": _latency_ms(net, sample)}
+    results["binary"]["size_mib_paper"] = totals["size_mib"]
     _print_table(results)
     return results
 
 
 def _print_table(results):
+    names = {"binary": "binary (training graph)", "packed": "binary, packed (xnor)",
+             "float": "float twin"}
     print()
-    print(f"{'network':<10}{'test accuracy':>15}{'train time':>13}{'params file':>14}"
-          f"{'latency (batch 1)':>20}")
+    print(f"{'network':<26}{'test accuracy':>14}{'train time':>12}{'params file':>14}"
+          f"{'latency, batch 1':>18}")
     for kind, r in results.items():
-        print(f"{kind:<10}{r['accuracy']:>15.3f}{r['train_seconds']:>12.1f}s"
-              f"{r['params_bytes'] / 1024:>11.1f} KiB{r['latency_ms']:>17.2f} ms")
-    print("\nThe binary network's weights are still stored as float latents here; packing them "
-          "to 1 bit comes with convert_to_xnor.")
+        print(f"{names[kind]:<26}{r['accuracy']:>14.3f}{r['train_seconds']:>11.1f}s"
+              f"{r['params_bytes'] / 1024:>10.1f} KiB{r['latency_ms']:>15.2f} ms")
+    print("\nThe packed params file holds the binary layers' weights as bits; the stem, "
+          "transitions, BatchNorm and classifier stay float32.")

@@ -11,11 +11,13 @@ from bmxnet_ext.demo import run_demo
 def test_demo_runs_end_to_end_and_reports_both_networks(capsys):
     results = run_demo(epochs=1, quiet=True)
     out = capsys.readouterr().out
-    assert set(results) == {"binary", "float"}
+    assert set(results) == {"binary", "packed", "float"}
     for figures in results.values():
         assert 0.0 <= figures["accuracy"] <= 1.0
         assert figures["params_bytes"] > 0 and figures["latency_ms"] > 0
-    assert out.count("  ok  ") == 5
+    assert results["packed"]["accuracy"] == results["binary"]["accuracy"]
+    assert results["packed"]["params_bytes"] < results["binary"]["params_bytes"] / 5
+    assert out.count("  ok  ") == 4
     assert "test accuracy" in out
 
 

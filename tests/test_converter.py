@@ -88,14 +88,14 @@ class _MixedNet(gluon.HybridBlock):
 
 def _networks():
     nets = {"mixed_units": lambda: _trained_like(_MixedNet()),
-            "demo_network": lambda: _trained_like(build_demo_network(True), (2, 1, 16, 16))}
+            "demo_network": lambda: _trained_like(build_demo_network(True), (2, 3, 16, 16))}
     for name in model_zoo.list_models():
         nets[name] = (lambda n: lambda: _zoo_model(n))(name)
     return nets
 
 
 NETWORKS = _networks()
-INPUT_SHAPES = {"demo_network": (2, 1, 16, 16)}
+INPUT_SHAPES = {"demo_network": (2, 3, 16, 16)}
 
 
 @pytest.fixture(params=sorted(NETWORKS))
