@@ -18,7 +18,11 @@ __all__ = ["NonFiniteLossError", "train_epoch", "train_epoch_metrics", "evaluate
 
 
 class NonFiniteLossError(FloatingPointError):
-    """A training loss became NaN or infinite; the step that produced it was not applied."""
+    """A training loss became NaN or infinite; the step that produced it was not applied.
+
+    (Its forward pass did run, so BatchNorm running statistics saw the batch; a checkpoint
+    written before it is the state to continue from.)
+    """
 
 
 def _contexts(ctx):

@@ -1,0 +1,114 @@
+"""The paper's recipe: table, initialization, weight-decay policy, trainer, and one training step
+of every registered network."""
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+
+from bmxnet_ext import QConv2D, recipe
+from bmxnet_ext.optim import RAdam
+
+try:
+    from bmxnet_ext.model_zoo import get_model, list_models
+    ZOO = list_models()
+except ImportError:  # the zoo is a separate part of the package
+    ZOO = []
+
+
+@pytest.mark.parametrize("name,lr,epochs,batch,devices", [
+    ("meliusnet22", 0.002, 120, 32, 2), ("meliusnet29", 0.002, 120, 32, 2),
+    ("meliusnet42", 0.002, 120, 16, 4), ("meliusnet59", 0.003, 150, 12, 8),
+    ("meliusnet_a", 0.002, 120, 32, 2), ("meliusnet_b", 0.002, 120, 32, 2),
+    ("meliusnet_c", 0.002, 120, 32, 2), ("binary_densenet28", 0.002, 120, 32, 2),
+])
+def test_recipe_table_follows_the_paper(name, lr, epochs, batch, devices):
+    r = recipe.get_recipe(name)
+    assert (r.lr, r.epochs, r.batch_per_device, r.devices) == (lr, epochs, batch, devices)
+    assert (r.optimizer, r.optimizer_params, r.wd, r.schedule) == (
+        "radam", {"beta1": 0.95, "epsilon": 1e-5}, 0.0, "cosine")
+
+
+@pytest.mark.parametrize("name,top1", [("meliusnet22", 63.6), ("meliusnet29", 65.8),
+                                       ("meliusnet42", 69.2), ("meliusnet59", 71.0),
+                                       ("meliusnet_a", 63.4), ("meliusnet_b", 65.7),
+                                       ("meliusnet_c", 64.1)])
+def test_recipe_records_reported_accuracy(name, top1):
+    assert recipe.get_recipe(name).top1 == top1
+
+
+def test_recipe_replace_ignores_none():
+    r = recipe.get_recipe("meliusnet22").replace(lr=None, epochs=3)
+    assert (r.lr, r.epochs) == (0.002, 3)
+
+
+def test_paper_initializer_is_he_gaussian_fan_in():
+    net = nn.Dense(2000, in_units=500, use_bias=False)
+    mx.random.seed(0)
+    net.initialize(recipe.paper_initializer())
+    std = net.weight.data().asnumpy().std()
+    assert std == pytest.approx(np.sqrt(2 / 500), rel=0.02)
+
+
+def _small_net():
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(4, 3, padding=1, in_channels=3), nn.BatchNorm(in_channels=4),
+            QConv2D(4, 3, padding=1, in_channels=4, input_quantizer="det_sign"),
+            nn.GlobalAvgPool2D(), nn.Dense(3, in_units=4))
+    return net
+
+
+def test_norm_and_binary_weights_get_no_weight_decay():
+    net = _small_net()
+    recipe.prepare_network(net, input_shape=(1, 3, 6, 6))
+    zero = {name for name, p in net.collect_params().items() if p.wd_mult == 0}
+    bn, binary = net[1], net[2]
+    assert zero == {bn.gamma.name, bn.beta.name, binary.weight.name}
+
+
+def test_trainer_with_weight_decay_leaves_bn_and_binary_weights_undecayed():
+    """With wd > 0 and zero gradients, only decayed parameters move."""
+    net = _small_net()
+    recipe.prepare_network(net, input_shape=(1, 3, 6, 6))
+    r = recipe.get_recipe("meliusnet22").replace(wd=0.1, lr=0.1)
+    trainer = recipe.make_trainer(net, r, iters_per_epoch=1, epochs=1)
+    trainable = {k: p for k, p in net.collect_params().items() if p.grad_req != "null"}
+    before = {k: p.data().asnumpy().copy() for k, p in trainable.items()}
+    with autograd.record():
+        zero_loss = net(mx.nd.ones((1, 3, 6, 6))).sum() * 0
+    zero_loss.backward()
+    trainer.step(1)
+    moved = {k for k, p in trainable.items() if not np.array_equal(p.data().asnumpy(), before[k])}
+    # float weights decay; biases start at 0, where decay does nothing
+    assert moved == {net[0].weight.name, net[4].weight.name}
+    assert isinstance(trainer.optimizer, RAdam)
+
+
+def test_prepare_network_resolves_deferred_shapes():
+    net = nn.Dense(3)
+    recipe.prepare_network(net, input_shape=(2, 7))
+    assert net.weight.shape == (3, 7)
+
+
+def _zoo_param(name):
+    return pytest.param(name, marks=pytest.mark.slow) if name == "meliusnet59" else name
+
+
+@pytest.mark.parametrize("name", [_zoo_param(n) for n in ZOO] or ["<no zoo>"])
+def test_one_recipe_step_of_every_registered_network(name):
+    if not ZOO:
+        pytest.skip("the model zoo registers no networks yet")
+    mx.random.seed(0)
+    net = get_model(name, classes=5, input_size=16)
+    recipe.prepare_network(net, input_shape=(2, 3, 16, 16))
+    trainer = recipe.make_trainer(net, recipe.get_recipe(name), iters_per_epoch=1, epochs=1)
+    trainable = {k: p for k, p in net.collect_params().items() if p.grad_req != "null"}
+    before = {k: p.data().asnumpy().copy() for k, p in trainable.items()}
+    data = mx.nd.random.normal(shape=(2, 3, 16, 16))
+    with autograd.record():
+        loss = gluon.loss.SoftmaxCrossEntropyLoss()(net(data), mx.nd.array([1, 3]))
+    loss.backward()
+    trainer.step(2)
+    assert np.isfinite(loss.asnumpy()).all()
+    unchanged = [k for k, p in trainable.items() if np.array_equal(p.data().asnumpy(), before[k])]
+    assert not unchanged
