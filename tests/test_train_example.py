@@ -41,8 +41,7 @@ def _run(script, *args, env=None, timeout=300):
                           env=dict(os.environ, OMP_NUM_THREADS="1", **(env or {})))
 
 
-@needs_zoo
-@pytest.mark.parametrize("script", ["train", "launch"])
+@pytest.mark.parametrize("script", [pytest.param("train", marks=needs_zoo), "launch", "im2rec"])
 def test_help_documents_every_flag(script):
     parser = _load(script)._parser()
     text = parser.format_help()
@@ -112,3 +111,14 @@ def test_default_is_the_embedded_digits(tmp_path):
 def test_launch_needs_a_command():
     done = _run("launch.py", "--local", "2")
     assert done.returncode == 2 and "worker command" in done.stderr
+
+
+def test_im2rec_packs_folders_that_train_py_reads(data_dir, tmp_path):
+    from bmxnet_ext.pipelines import RecordData, open_image_data
+
+    done = _run("im2rec.py", data_dir, str(tmp_path), "--resize", "8", "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    assert "train: 18 images" in done.stdout and "val: 18 images" in done.stdout
+    train, val = open_image_data(str(tmp_path), 6, workers=1)
+    assert isinstance(train, RecordData) and train.classes == ["ant", "bee", "cat"]
+    assert train.num_samples == val.num_samples == 18
