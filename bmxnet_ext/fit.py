@@ -69,8 +69,10 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
         Where ``checkpoints/``, ``log.csv``, ``log.json`` and ``curves.png`` go. Without it
         nothing is written and ``resume`` is impossible.
     resume : bool
-        Continue from the last checkpoint in ``out_dir`` (which must exist). Without ``resume``
-        an ``out_dir`` that already holds a checkpoint is refused rather than overwritten.
+        Continue from the last checkpoint in ``out_dir`` (which must exist): parameters,
+        optimizer state and update count come from it, the learning-rate schedule is
+        ``trainer``'s (so resuming with more ``epochs`` extends a finished run). Without
+        ``resume`` an ``out_dir`` that already holds a checkpoint is refused, not overwritten.
     loss_fn, topk
         Per-sample loss (softmax cross-entropy) and the accuracies measured (top-1, top-5).
     seed : int
@@ -108,7 +110,11 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
     if resume:
         if manager is None:
             raise ValueError("resume=True needs the out_dir of the run to continue")
+        schedule = trainer.optimizer.lr_scheduler
         meta = manager.load(net, trainer, ctx=ctx)
+        # load_states brings back the saved optimizer with its schedule; the position is the
+        # restored update count, the schedule itself is this call's (more epochs extend a run)
+        trainer.optimizer.lr_scheduler = schedule
         history, start = list(meta["history"]), meta["epoch"]
         _say(print_fn, quiet, f"resumed from {manager.directory} at epoch {start} "
                               f"(update {meta['num_update']}, lr {meta['lr']:.3g})")

@@ -104,6 +104,11 @@ def train_epoch_metrics(net, trainer, loader, loss_fn=None, ctx=mx.cpu(), topk=(
                 sync.step(0.0, 0, False)
                 break
             data, label = batch
+            if data.shape[0] < len(contexts):
+                # an idle device would add its previous step's gradient to the sum
+                raise ValueError(f"a training batch of {data.shape[0]} cannot be split over "
+                                 f"{len(contexts)} devices; drop short last batches "
+                                 "(DataLoader last_batch='discard')")
             datas, labels = _split(data, label, contexts)
             with autograd.record():
                 outputs = [net(x) for x in datas]

@@ -142,6 +142,18 @@ def test_ctrl_c_leaves_the_last_checkpoint_and_resume_continues(folder, tmp_path
     assert result.epochs_run == 2 and [r["epoch"] for r in result.history] == [1, 2, 3]
 
 
+def test_resuming_with_more_epochs_extends_the_schedule(folder, tmp_path):
+    net, trainer, train, _ = _setup(folder, epochs=1)
+    first = fit.fit(net, trainer, train, 1, out_dir=str(tmp_path), quiet=True)
+    assert first.history[-1]["lr"] == 0.0  # a finished cosine schedule
+    net, trainer, train, _ = _setup(folder, epochs=3)
+    result = fit.fit(net, trainer, train, 3, out_dir=str(tmp_path), resume=True, quiet=True)
+    rows = result.history
+    assert [r["num_update"] for r in rows] == [len(train) * e for e in (1, 2, 3)]
+    assert rows[1]["lr"] == pytest.approx(trainer.optimizer.lr_scheduler(2 * len(train)))
+    assert rows[1]["lr"] > 0 and rows[2]["lr"] == 0.0
+
+
 class _FailingTrainer:
     """Writes half of the trainer state, then fails like a full disk."""
 

@@ -5,7 +5,8 @@ import pytest
 from mxnet import gluon
 
 from bmxnet_ext.data import digits_arrays, digits_datasets
-from bmxnet_ext.training import NonFiniteLossError, evaluate, predict, train_epoch
+from bmxnet_ext.training import (NonFiniteLossError, evaluate, evaluate_metrics, predict,
+                                 train_epoch)
 
 
 def test_digits_split_shapes_labels_and_normalization():
@@ -73,3 +74,21 @@ def test_digits_datasets_yield_float_labels_for_the_loss():
     train, test = digits_datasets(size=8)
     image, label = train[0]
     assert image.shape == (1, 8, 8) and isinstance(label, np.float32)
+
+
+def test_a_batch_smaller_than_the_device_count_is_refused():
+    net = gluon.nn.Dense(2, in_units=4)
+    net.initialize(ctx=[mx.cpu(0), mx.cpu(1)])
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1})
+    loader = [(mx.nd.ones((1, 4)), mx.nd.zeros(1))]
+    with pytest.raises(ValueError, match="batch of 1 cannot be split over 2 devices"):
+        train_epoch(net, trainer, loader, ctx=[mx.cpu(0), mx.cpu(1)], quiet=True)
+
+
+@pytest.mark.parametrize("k,expected", [(1, 0.5), (2, 1.0), (5, 1.0)])
+def test_topk_accuracy_counts_labels_among_the_k_best(k, expected):
+    net = gluon.nn.HybridLambda(lambda F, x: x)  # the input is the logits
+    logits = mx.nd.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]])
+    loader = [(logits, mx.nd.array([2, 0]))]  # sample 0: label ranked 2nd; sample 1: 1st
+    metrics = evaluate_metrics(net, loader, topk=(k,))
+    assert metrics[f"top{k}"] == expected
