@@ -68,8 +68,9 @@ def _predict_in_fresh_process(prefix, images_file):
               f"net = bmxnet_ext.load_xnor({prefix!r}); "
               f"x = mx.nd.array(np.load({images_file!r})); "
               f"np.save({out_file!r}, net(x).asnumpy())")
+    # cwd: run outside any source checkout, whose unbuilt bmxnet_ext/ would shadow the install
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=600)
+                            timeout=600, cwd=os.path.dirname(images_file))
     if result.returncode != 0:
         raise RuntimeError(f"reloading {prefix} in a fresh process failed:\n"
                            f"{result.stderr[-2000:]}")

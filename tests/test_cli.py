@@ -28,9 +28,9 @@ def test_demo_refuses_zero_epochs(capsys):
 
 
 @pytest.mark.parametrize("argv", [[], ["no-such-command"], ["demo", "--epochs", "x"]])
-def test_bad_command_lines_exit_2_with_usage(argv):
+def test_bad_command_lines_exit_2_with_usage(argv, tmp_path):
     result = subprocess.run([sys.executable, "-m", "bmxnet_ext.cli"] + argv,
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert result.returncode == 2
     assert "usage: bmxnet-ext" in result.stderr
     assert "Traceback" not in result.stderr

@@ -137,7 +137,7 @@ def test_hybridized_export_reloads_in_a_fresh_process(network, tmp_path):
               f"y = net(mx.nd.array(np.load({str(tmp_path / 'x.npy')!r}))).asnumpy(); "
               f"np.save({str(tmp_path / 'y.npy')!r}, y)")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=300)
+                            timeout=300, cwd=str(tmp_path))
     assert result.returncode == 0, result.stderr[-2000:]
     np.testing.assert_array_equal(np.load(str(tmp_path / "y.npy")), expected)
 
@@ -171,7 +171,7 @@ def test_loading_without_the_ops_says_to_import_bmxnet_ext(tmp_path):
               f"{str(tmp_path / 'm-symbol.json')!r}, ['data'], "
               f"{str(tmp_path / 'm-0000.params')!r})")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
+                            timeout=120, cwd=str(tmp_path))
     assert result.returncode != 0
     assert "load_with_import_bmxnet_ext" in result.stderr
 

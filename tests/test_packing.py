@@ -159,7 +159,7 @@ def test_broken_library_is_reported_not_crashed(tmp_path):
     script = ("import sys, bmxnet_ext.ops as o; o._state.update(loaded=False, error=None); "
               + code.split("; ", 1)[1])
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                            timeout=120)
+                            timeout=120, cwd=str(tmp_path))
     assert result.returncode == 1, result.stderr
     assert "False" in result.stdout
     assert "could not load" in result.stderr and "pip install" in result.stderr
