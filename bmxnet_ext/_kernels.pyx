@@ -74,7 +74,18 @@ cdef extern from "kernels/xnor_popcount.h" namespace "bmx":
         kAgreements
         kDot
         kScaledDot
-    const char* mismatch_kernel_name()
+
+cdef extern from "kernels/isa.h" namespace "bmx":
+    cdef enum class Isa(int):
+        kScalar
+        kAvx2
+        kAvx512
+    const char* isa_name(Isa isa)
+    bint cpu_supports(Isa isa)
+    Isa active_isa()
+    Isa set_isa_c "bmx::set_isa"(Isa requested)
+    bint parse_isa(const char* text, Isa* isa)
+    const char* kernel_name_c "bmx::kernel_name"()
 
 cdef extern from "kernels/binary_conv.h" namespace "bmx":
     cdef cppclass ConvParams:
@@ -95,14 +106,47 @@ cdef extern from "kernels/binary_conv.h" namespace "bmx":
 cdef extern from "kernels/binary_dense.h" namespace "bmx":
     void pack_dense_weights_c "bmx::pack_dense_weights"(
         const float* w, int64_t units, int64_t in_units, uint32_t* out) nogil
+    int64_t dense_scratch_words(int64_t batch, int64_t in_units)
     void binary_dense_c "bmx::binary_dense"(
         const float* x, const uint32_t* weights, int64_t batch, int64_t in_units, int64_t units,
         OutputMode mode, const float* scale, uint32_t* scratch, float* out) nogil
 
 
+ISAS = ("scalar", "avx2", "avx512")
+
+
 def kernel_name():
-    """Name of the xnor-popcount inner loop this CPU runs (e.g. ``"popcnt"``)."""
-    return mismatch_kernel_name().decode()
+    """Name of the xnor-popcount inner loop in use, e.g. ``"avx512-vpopcntdq"``."""
+    return kernel_name_c().decode()
+
+
+def supported_isas():
+    """The instruction-set paths this CPU can run, from ``ISAS``."""
+    return tuple(name for name in ISAS if cpu_supports(_isa(name)))
+
+
+def active_isa_name():
+    """The path the kernels of this module use: ``"scalar"``, ``"avx2"`` or ``"avx512"``."""
+    return isa_name(active_isa()).decode()
+
+
+cdef Isa _isa(name) except *:
+    cdef Isa isa
+    if not isinstance(name, str) or not parse_isa(name.encode(), &isa):
+        raise ValueError(f"isa must be one of {ISAS}, got {name!r}")
+    return isa
+
+
+def set_isa(name):
+    """Makes this module's kernels use instruction set ``name`` (see ``ISAS``); one this CPU lacks
+    falls back to the best it has below it, with a warning on stderr. Returns the previous path.
+
+    The environment variable ``BMXNET_ISA`` sets the same for a whole process, the op library
+    included (which keeps its own choice: this function affects this module only).
+    """
+    previous = active_isa_name()
+    set_isa_c(_isa(name))
+    return previous
 
 
 def _float32_array(x, name, ndim, layout):
@@ -277,7 +321,7 @@ def binary_dense(x, weights, in_units=None, offset=True, scale=None):
     out = np.empty((batch, units), dtype=np.float32)
     if batch == 0:
         return out
-    scratch = np.empty(batch * words_for_channels(k), dtype=np.int32)
+    scratch = np.empty(dense_scratch_words(batch, k), dtype=np.int32)
     cdef float[:, ::1] xv = x
     cdef float[::1] sv = scale
     cdef int[::1] scratch_v = scratch

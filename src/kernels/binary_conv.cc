@@ -3,40 +3,102 @@
 #include <algorithm>
 #include <vector>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "kernels/conv_isa.h"
+
 namespace bmx {
 namespace {
 
-// Output pixels and output channels handled per kernel call: the activation windows of a pixel
-// block and the weights of a channel block stay in L1/L2 while every pair is counted.
-constexpr int64_t kPixelBlock = 64;
-constexpr int64_t kChannelBlock = 64;
+// A thread must get at least this much work (binary MACs, or packed input values) for a team
+// to pay off: starting a team and the barrier cost a few microseconds, ~2 M MACs on one core.
+constexpr double kMinWorkPerThread = 2e6;
 
-// The window of one output pixel as runs of words: one run per kernel tap (group_words words),
-// merged where consecutive taps are adjacent in both the padded input and the weights (groups
-// == 1 with dilate_w == 1 makes a whole kernel row one run).
-std::vector<Segment> window_segments(const ConvParams& p) {
-  const int64_t group_words = p.group_words();
-  const int64_t pixel_words = p.groups * group_words;
-  std::vector<Segment> segments;
+// Tiles keep their counts on the stack.
+constexpr int kMaxTileChannels = 8;
+
+// Offset of weight word k = (ky * kernel_w + kx) * group_words + jj from a lane's position in
+// its group's first plane (conv_isa.h).
+std::vector<int64_t> word_offsets(const ConvParams& p) {
+  const int64_t phases = p.stride_h * p.stride_w;
+  std::vector<int64_t> offsets;
+  offsets.reserve(p.kernel_h * p.kernel_w * p.group_words());
   for (int64_t ky = 0; ky < p.kernel_h; ++ky) {
+    const int64_t dy = ky * p.dilate_h;
     for (int64_t kx = 0; kx < p.kernel_w; ++kx) {
-      const Segment next{(ky * p.dilate_h * p.padded_w() + kx * p.dilate_w) * pixel_words,
-                         (ky * p.kernel_w + kx) * group_words, group_words};
-      if (!segments.empty()) {
-        Segment& last = segments.back();
-        if (last.act_offset + last.words == next.act_offset &&
-            last.weight_offset + last.words == next.weight_offset) {
-          last.words += next.words;
-          continue;
-        }
+      const int64_t dx = kx * p.dilate_w;
+      const int64_t phase = (dy % p.stride_h) * p.stride_w + dx % p.stride_w;
+      const int64_t shift = (dy / p.stride_h) * p.plane_w() + dx / p.stride_w;
+      for (int64_t jj = 0; jj < p.group_words(); ++jj) {
+        offsets.push_back((jj * phases + phase) * p.plane_words() + shift);
       }
-      segments.push_back(next);
     }
   }
-  return segments;
+  return offsets;
 }
 
 }  // namespace
+
+int threads_for(double work, int64_t items) {
+#ifdef _OPENMP
+  const double useful = std::min<double>(work / kMinWorkPerThread, static_cast<double>(items));
+  return std::max(1, std::min(omp_get_max_threads(), static_cast<int>(useful)));
+#else
+  (void)work;
+  (void)items;
+  return 1;
+#endif
+}
+
+void run_tiles(const IsaKernels& isa, const TileJob& job, int threads) {
+  const ConvParams& p = *job.params;
+  const int64_t lanes = isa.lanes, group_out = p.group_out_channels();
+  const int64_t tiles = (p.out_h() * p.plane_w() + lanes - 1) / lanes;
+  const int64_t blocks = (group_out + isa.max_channels - 1) / isa.max_channels;
+  const int64_t group_words = p.group_words() * p.stride_h * p.stride_w * p.plane_words();
+  const int64_t weight_row = job.words * isa.weight_expansion;
+  const int64_t items = p.batch * p.groups * tiles * blocks;
+  const int64_t out_h = p.out_h(), out_w = p.out_w(), plane_w = p.plane_w();
+  // Consecutive items share their activations (channel blocks vary fastest), so a static split
+  // keeps each thread's activations in its own cache.
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t item = 0; item < items; ++item) {
+    const int64_t block = item % blocks;
+    const int64_t tile = (item / blocks) % tiles;
+    const int64_t g = (item / blocks / tiles) % p.groups;
+    const int64_t b = item / blocks / tiles / p.groups;
+    const int64_t first = g * group_out + block * isa.max_channels;
+    const int channels = static_cast<int>(
+        std::min<int64_t>(isa.max_channels, group_out - block * isa.max_channels));
+    int32_t counts[kMaxTileLanes * kMaxTileChannels];
+    TileArgs args;
+    args.act = job.packed + b * p.image_words() + g * group_words + tile * lanes;
+    args.offsets = job.offsets;
+    args.words = job.words;
+    args.weights = job.weights + first * weight_row;
+    args.channels = channels;
+    args.counts = counts;
+    isa.tile(args);
+    FinishArgs out;
+    out.counts = counts;
+    out.channels = channels;
+    out.lanes = isa.lanes;
+    out.first_lane = tile * lanes;
+    out.plane_w = plane_w;
+    out.out_h = out_h;
+    out.out_w = out_w;
+    out.out = job.out + b * job.out_batch_stride + first * job.out_channel_stride;
+    out.channel_stride = job.out_channel_stride;
+    out.pixel_stride = job.out_pixel_stride;
+    out.mode = job.mode;
+    out.fan_in = p.fan_in();
+    out.scale = job.scale == nullptr ? nullptr : job.scale + first;
+    out.accumulate = job.accumulate;
+    isa.finish(out);
+  }
+}
 
 void pack_conv_weights(const float* w, int64_t out_channels, int64_t group_in_channels,
                        int64_t kernel_h, int64_t kernel_w, uint32_t* out) {
@@ -44,54 +106,80 @@ void pack_conv_weights(const float* w, int64_t out_channels, int64_t group_in_ch
   pack_nchw(w, out_channels, group_in_channels, kernel_h, kernel_w, out);
 }
 
-void binary_conv2d(const float* x, const uint32_t* weights, const ConvParams& p, OutputMode mode,
-                   const float* scale, uint32_t* scratch, float* out) {
-  pack_nchw_padded(x, p.batch, p.in_channels, p.in_h, p.in_w, p.groups, p.pad_h, p.pad_w,
-                   p.pad_with_ones, scratch);
-  binary_conv2d_packed(scratch, weights, p, mode, scale, out);
-}
+void binary_conv2d(const ConvInput& in, const uint32_t* weights, const ConvParams& p,
+                   const ConvOutput& out, uint32_t* scratch) {
+  const IsaKernels& isa = active_kernels();
+  static_assert(kMaxTileChannels >= 6, "tiles hold up to 6 channels");
+  const int64_t words = p.groups * p.group_words();
+  const int64_t image_words = p.image_words();
 
-void binary_conv2d_packed(const uint32_t* padded_input, const uint32_t* weights,
-                          const ConvParams& p, OutputMode mode, const float* scale, float* out) {
-  const MismatchKernel kernel = select_mismatch_kernel();
-  const std::vector<Segment> segments = window_segments(p);
-  const int64_t group_words = p.group_words();
-  const int64_t pixel_words = p.groups * group_words;
-  const int64_t image_words = p.padded_h() * p.padded_w() * pixel_words;
-  const int64_t weight_stride = p.kernel_h * p.kernel_w * group_words;
-  const int64_t out_w = p.out_w();
-  const int64_t pixels = p.out_h() * out_w;
-  const int64_t group_out = p.group_out_channels();
-  const int64_t fan_in = p.fan_in();
-
-  std::vector<const uint32_t*> acts(kPixelBlock);
-  std::vector<int32_t> counts(kPixelBlock * kChannelBlock);
-  for (int64_t b = 0; b < p.batch; ++b) {
-    for (int64_t g = 0; g < p.groups; ++g) {
-      const uint32_t* image = padded_input + b * image_words + g * group_words;
-      const uint32_t* group_weights = weights + g * group_out * weight_stride;
-      for (int64_t q0 = 0; q0 < pixels; q0 += kPixelBlock) {
-        const int64_t n_pixels = std::min(kPixelBlock, pixels - q0);
-        for (int64_t i = 0; i < n_pixels; ++i) {
-          const int64_t oy = (q0 + i) / out_w, ox = (q0 + i) % out_w;
-          acts[i] = image + (oy * p.stride_h * p.padded_w() + ox * p.stride_w) * pixel_words;
-        }
-        for (int64_t o0 = 0; o0 < group_out; o0 += kChannelBlock) {
-          const int64_t n_channels = std::min(kChannelBlock, group_out - o0);
-          kernel(acts.data(), n_pixels, group_weights + o0 * weight_stride, weight_stride,
-                 n_channels, segments.data(), static_cast<int64_t>(segments.size()),
-                 counts.data());
-          for (int64_t o = 0; o < n_channels; ++o) {
-            const int64_t oc = g * group_out + o0 + o;
-            const float s = mode == OutputMode::kScaledDot ? scale[oc] : 1.0f;
-            float* dst = out + (b * p.out_channels + oc) * pixels + q0;
-            const int32_t* src = counts.data() + o * n_pixels;
-            for (int64_t i = 0; i < n_pixels; ++i) dst[i] = binary_output(src[i], fan_in, mode, s);
-          }
-        }
-      }
+  // 1. The planar packed input, one (image, word) per item.
+  const int64_t pack_items = p.batch * words;
+  const int pack_threads = threads_for(
+      static_cast<double>(p.batch) * p.in_channels * p.in_h * p.in_w, pack_items);
+#pragma omp parallel num_threads(pack_threads) if (pack_threads > 1)
+  {
+    std::vector<uint32_t> pixels(p.in_h * p.in_w);
+#pragma omp for schedule(static)
+    for (int64_t item = 0; item < pack_items; ++item) {
+      const int64_t b = item / words, j = item % words;
+      PackArgs args;
+      args.x = in.data + b * in.batch_stride;
+      args.channel_stride = p.in_h * p.in_w;
+      args.thr_sign = in.thr_sign;
+      args.thr_bias = in.thr_bias;
+      args.params = &p;
+      args.word_begin = j;
+      args.word_end = j + 1;
+      args.image = scratch + b * image_words;
+      args.word_scratch = pixels.data();
+      isa.pack(args);
     }
   }
+  std::fill(scratch + p.batch * image_words, scratch + p.packed_input_words(), 0u);
+
+  // 2. The weights in the tile's form.
+  const int64_t weight_words = p.kernel_h * p.kernel_w * p.group_words();
+  std::vector<uint32_t> prepared;
+  if (isa.prepare_weights != nullptr) {
+    prepared.resize(p.weight_words() * isa.weight_expansion);
+    isa.prepare_weights(weights, p.weight_words(), prepared.data());
+  }
+
+  // 3. The tiles.
+  const std::vector<int64_t> offsets = word_offsets(p);
+  TileJob job;
+  job.params = &p;
+  job.packed = scratch;
+  job.weights = prepared.empty() ? weights : prepared.data();
+  job.words = weight_words;
+  job.offsets = offsets.data();
+  job.out = out.data;
+  job.out_batch_stride = out.batch_stride;
+  job.out_channel_stride = p.out_h() * p.out_w();
+  job.out_pixel_stride = 1;
+  job.mode = out.mode;
+  job.scale = out.scale;
+  job.accumulate = out.accumulate;
+  const double macs = static_cast<double>(p.batch) * p.out_channels * p.out_h() * p.out_w() *
+                      p.fan_in();
+  const int64_t tiles = p.batch * p.groups * ((p.out_h() * p.plane_w() + isa.lanes - 1) /
+                                              isa.lanes) *
+                        ((p.group_out_channels() + isa.max_channels - 1) / isa.max_channels);
+  run_tiles(isa, job, threads_for(macs, tiles));
+}
+
+void binary_conv2d(const float* x, const uint32_t* weights, const ConvParams& p, OutputMode mode,
+                   const float* scale, uint32_t* scratch, float* out) {
+  ConvInput in;
+  in.data = x;
+  in.batch_stride = p.in_channels * p.in_h * p.in_w;
+  ConvOutput o;
+  o.data = out;
+  o.batch_stride = p.out_channels * p.out_h() * p.out_w();
+  o.mode = mode;
+  o.scale = scale;
+  binary_conv2d(in, weights, p, o, scratch);
 }
 
 }  // namespace bmx

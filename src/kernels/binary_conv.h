@@ -1,16 +1,23 @@
 // Binary 2-D convolution by xnor-popcount on packed bits (no MXNet types).
 //
 // Computes what the training layer QConv2D computes on ±1 inputs and ±1 weights: the input is
-// binarized (bit = x >= 0, see bitpack.h), padded with -1 (or +1) *after* binarization, and
-// convolved with sign(W) over K = C_in / groups * kernel_h * kernel_w taps per output; the ±1
-// dot product is returned in one of the OutputMode conventions. All intermediate values are
-// integers, so the result is exact.
+// binarized (bit = x >= 0, see bitpack.h; optionally through per-channel thresholds that fold a
+// BatchNorm in), padded with -1 (or +1) *after* binarization, and convolved with sign(W) over
+// K = C_in / groups * kernel_h * kernel_w taps per output; the ±1 dot product is returned in one of
+// the OutputMode conventions. All intermediate values are integers, so the result is exact.
 //
-// Packed weight layout (what pack_conv_weights writes and binary_conv2d reads):
+// Packed weight layout (what pack_conv_weights writes and the kernels read directly):
 //   [C_out][kernel_h][kernel_w][words_for_channels(C_in / groups)] uint32 words,
 // i.e. the activation layout of bitpack.h applied to OIHW weights read as "NCHW" with
 // N = C_out, C = C_in / groups: input channel c of group g's filter sits at bit c % 32 of word
-// c / 32, tails masked to 0. Output channel o belongs to group o / (C_out / groups).
+// c / 32, tails masked to 0. Output channel o belongs to group o / (C_out / groups). The kernels
+// broadcast one weight word against 16 (AVX-512) or 8 (AVX2) output pixels at a time, so this
+// row-per-channel order is already the order they read.
+//
+// The input is packed once per call into the planar layout of conv_isa.h (scratch memory);
+// output pixels sit in vector lanes, output channels in registers (conv_isa_*.cc). Work is split
+// over OpenMP threads (at most omp_get_max_threads(), i.e. OMP_NUM_THREADS) by output tiles when
+// the layer is large enough for threads to pay.
 #ifndef BMXNET_KERNELS_BINARY_CONV_H_
 #define BMXNET_KERNELS_BINARY_CONV_H_
 
@@ -20,6 +27,10 @@
 #include "kernels/xnor_popcount.h"
 
 namespace bmx {
+
+// Lanes of the widest tile: the planar buffer ends with this many words of slack so that a
+// tile's last lanes may read past the last plane.
+constexpr int64_t kMaxTileLanes = 64;
 
 // Geometry of one binary convolution. All fields must be positive except pad_* (>= 0); groups
 // divides in_channels and out_channels; the dilated kernel fits the padded input.
@@ -41,14 +52,19 @@ struct ConvParams {
   // 0 when the dilated kernel does not fit the padded input.
   int64_t out_h() const { return out_size(padded_h(), kernel_h, dilate_h, stride_h); }
   int64_t out_w() const { return out_size(padded_w(), kernel_w, dilate_w, stride_w); }
-  // Words of the packed, padded input buffer binary_conv2d needs as scratch.
-  int64_t packed_input_words() const {
-    return batch * padded_h() * padded_w() * groups * group_words();
-  }
   static int64_t out_size(int64_t padded, int64_t kernel, int64_t dilate, int64_t stride) {
     const int64_t extent = dilate * (kernel - 1) + 1;
     return padded < extent ? 0 : (padded - extent) / stride + 1;
   }
+  // The planar packed input (conv_isa.h): one plane per word and stride phase.
+  int64_t plane_h() const { return (padded_h() + stride_h - 1) / stride_h; }
+  int64_t plane_w() const { return (padded_w() + stride_w - 1) / stride_w; }
+  int64_t plane_words() const { return plane_h() * plane_w(); }
+  int64_t image_words() const {
+    return groups * group_words() * stride_h * stride_w * plane_words();
+  }
+  // Words of scratch binary_conv2d needs: the planar input of the whole batch plus slack.
+  int64_t packed_input_words() const { return batch * image_words() + kMaxTileLanes; }
   // Words of the packed weights: out_channels * kernel_h * kernel_w * group_words().
   int64_t weight_words() const { return out_channels * kernel_h * kernel_w * group_words(); }
 };
@@ -59,16 +75,37 @@ struct ConvParams {
 void pack_conv_weights(const float* w, int64_t out_channels, int64_t group_in_channels,
                        int64_t kernel_h, int64_t kernel_w, uint32_t* out);
 
-// x: float [batch][in_channels][in_h][in_w]; weights: packed layout above; scale: float
+// Where the input comes from: image b, channel c, row y, column x at
+// data[b * batch_stride + c * in_h * in_w + y * in_w + x] (batch_stride >= in_channels * in_h *
+// in_w; larger when the input is the first channels of a wider tensor). With thresholds, the bit of
+// channel c is thr_sign[c] * x >= thr_bias[c] instead of x >= 0 (thr_sign in {+1, -1, 0}).
+struct ConvInput {
+  const float* data = nullptr;
+  int64_t batch_stride = 0;
+  const float* thr_sign = nullptr;
+  const float* thr_bias = nullptr;
+};
+
+// Where the output goes: image b, channel o, pixel (y, x) at
+// data[b * batch_stride + o * out_h * out_w + y * out_w + x], written or (accumulate) added to.
+// scale: float [out_channels], read only for kScaledDot.
+struct ConvOutput {
+  float* data = nullptr;
+  int64_t batch_stride = 0;
+  OutputMode mode = OutputMode::kAgreements;
+  const float* scale = nullptr;
+  bool accumulate = false;
+};
+
+// The convolution. scratch: p.packed_input_words() words.
+void binary_conv2d(const ConvInput& in, const uint32_t* weights, const ConvParams& p,
+                   const ConvOutput& out, uint32_t* scratch);
+
+// The plain form: x float [batch][in_channels][in_h][in_w]; weights packed as above; scale float
 // [out_channels] (read only for kScaledDot); scratch: p.packed_input_words() words; out: float
 // [batch][out_channels][out_h][out_w], fully overwritten.
 void binary_conv2d(const float* x, const uint32_t* weights, const ConvParams& p, OutputMode mode,
                    const float* scale, uint32_t* scratch, float* out);
-
-// The convolution alone, on an input already packed by
-//   pack_nchw_padded(x, batch, in_channels, in_h, in_w, groups, pad_h, pad_w, pad_with_ones, ...).
-void binary_conv2d_packed(const uint32_t* padded_input, const uint32_t* weights,
-                          const ConvParams& p, OutputMode mode, const float* scale, float* out);
 
 }  // namespace bmx
 

@@ -151,10 +151,17 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
                  << a.pad_w << ")";
     return mxnet::ext::MX_FAIL;
   }
+  // Counts are 32-bit integers: K must stay below 2^31.
+  if (static_cast<double>(p.fan_in()) >= 2147483648.0) {
+    MX_ERROR_MSG << kOp << ": fan-in in_channels / num_group * kernel_h * kernel_w = "
+                 << p.fan_in() << " is too large (at most 2^31 - 1)";
+    return mxnet::ext::MX_FAIL;
+  }
   // The packed input lives in scratch memory from MXNet, whose allocator takes an int size.
   // (Sizes in double: absurd shapes must not overflow the check itself.)
-  const double scratch_bytes = 4.0 * p.batch * p.padded_h() * p.padded_w() * p.groups *
-                               p.group_words();
+  const double scratch_bytes =
+      4.0 * (static_cast<double>(p.batch) * p.groups * p.group_words() * p.stride_h *
+                 p.stride_w * p.plane_h() * p.plane_w() + bmx::kMaxTileLanes);
   if (scratch_bytes > INT_MAX) {
     MX_ERROR_MSG << kOp << ": data shape " << shape_str(s) << " with pad (" << a.pad_h << ", "
                  << a.pad_w << ") is too large: its packed input needs " << scratch_bytes

@@ -109,7 +109,7 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
                  << ") but in_units=" << a.in_units << " (the size the weights were packed for)";
     return mxnet::ext::MX_FAIL;
   }
-  if (4.0 * rows * bmx::words_for_channels(units) > INT_MAX) {
+  if (4.0 * (static_cast<double>(rows) * bmx::words_for_channels(units) + 64) > INT_MAX) {
     MX_ERROR_MSG << kOp << ": input 'data' of shape " << shape_str(s) << " is too large for the "
                  << "packed scratch buffer (at most " << INT_MAX << " bytes); split the batch";
     return mxnet::ext::MX_FAIL;
@@ -136,7 +136,7 @@ MXReturnValue forward(const bmx::ops::Attrs& attrs, std::vector<MXTensor>* input
                  << ": it was packed for another input size";
     return mxnet::ext::MX_FAIL;
   }
-  const int64_t scratch_bytes = rows * bmx::words_for_channels(units) * 4;
+  const int64_t scratch_bytes = bmx::dense_scratch_words(rows, units) * 4;
   auto* scratch = static_cast<uint32_t*>(res.alloc_cpu(static_cast<int>(scratch_bytes)));
   if (scratch == nullptr) {
     MX_ERROR_MSG << kOp << ": could not allocate " << scratch_bytes

@@ -1,4 +1,5 @@
 // The library's one initialize() gate: MXNet calls it on mx.library.load with its version number.
+#include "kernels/isa.h"
 #include "mxnet/lib_api.h"
 
 using mxnet::ext::MXReturnValue;
@@ -9,3 +10,7 @@ MXReturnValue initialize(int version) {
                << version << "; install mxnet 1.9.1 and rebuild bmxnet_ext (pip install .)";
   return mxnet::ext::MX_FAIL;
 }
+
+// For reports and tests (ctypes): the inner loop the ops run, e.g. "avx512-vpopcntdq". The op
+// library and the Cython bindings each choose on their own, from the same CPU and BMXNET_ISA.
+extern "C" const char* bmx_kernel_name() { return bmx::kernel_name(); }

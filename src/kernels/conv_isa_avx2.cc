@@ -1,0 +1,125 @@
+// The AVX2 instruction set: 8 output pixels per ymm register, popcount by table lookup. AVX2 has
+// no popcount instruction: each byte of a XOR w is split into nibbles and vpshufb looks up the
+// nibbles' bit counts in a 16-entry table. Since (a ^ w) & 0x0F = (a & 0x0F) ^ (w & 0x0F), the
+// nibbles of the activations are split once per word and those of the weights once per call
+// (prepare_weights), leaving xor, lookup and add per nibble. Byte counts are summed into 32-bit
+// lanes every 31 words, before a byte can overflow.
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/binary_conv.h"
+#include "kernels/conv_isa.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+
+namespace bmx {
+namespace {
+namespace avx2_isa {
+
+#pragma GCC push_options
+#pragma GCC target("avx2")
+
+#include "kernels/conv_isa_impl.h"
+
+// A tile is one vector of 8 pixels x 8 output channels: 8 byte counters, the activation's two
+// nibble vectors, two weight broadcasts, the table and a temporary fit the 16 ymm registers
+// (two vectors of pixels x 4 channels would need more and spill).
+constexpr int kLanes = 8;
+constexpr int kChannels = 8;
+constexpr int64_t kFlushWords = 31;  // 31 words x at most 8 per byte < 256
+
+// prepared[2k] = low nibbles, prepared[2k + 1] = high nibbles of weight word k.
+void prepare_weights(const uint32_t* weights, int64_t count, uint32_t* prepared) {
+  for (int64_t i = 0; i < count; ++i) {
+    prepared[2 * i] = weights[i] & 0x0F0F0F0Fu;
+    prepared[2 * i + 1] = (weights[i] >> 4) & 0x0F0F0F0Fu;
+  }
+}
+
+inline __m256i sum_bytes_to_lanes(__m256i bytes) {
+  const __m256i pairs = _mm256_maddubs_epi16(bytes, _mm256_set1_epi8(1));
+  return _mm256_madd_epi16(pairs, _mm256_set1_epi16(1));
+}
+
+// Named counters (arrays of them end up on the stack); channels past P compile away.
+#define BMX_CHANNEL_STEP(p)                                                                    \
+  if (P > p) {                                                                                 \
+    const uint32_t* w = a.weights + p * weight_stride + 2 * k;                                \
+    const __m256i lo_w = _mm256_xor_si256(lo, _mm256_set1_epi32(static_cast<int>(w[0])));    \
+    const __m256i hi_w = _mm256_xor_si256(hi, _mm256_set1_epi32(static_cast<int>(w[1])));    \
+    bytes##p = _mm256_add_epi8(bytes##p, _mm256_shuffle_epi8(table, lo_w));                  \
+    bytes##p = _mm256_add_epi8(bytes##p, _mm256_shuffle_epi8(table, hi_w));                  \
+  }
+#define BMX_CHANNEL_FLUSH(p) \
+  if (P > p) total##p = _mm256_add_epi32(total##p, sum_bytes_to_lanes(bytes##p));
+#define BMX_CHANNEL_STORE(p) \
+  if (P > p) _mm256_storeu_si256(reinterpret_cast<__m256i*>(a.counts + p * kLanes), total##p);
+
+template <int P>
+inline void tile(const TileArgs& a) {
+  static_assert(P <= 8, "the named counters cover 8 channels");
+  const __m256i table = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+  const __m256i nibble = _mm256_set1_epi8(0x0F);
+  const __m256i zero = _mm256_setzero_si256();
+  __m256i total0 = zero, total1 = zero, total2 = zero, total3 = zero;
+  __m256i total4 = zero, total5 = zero, total6 = zero, total7 = zero;
+  const int64_t weight_stride = 2 * a.words;
+  for (int64_t k0 = 0; k0 < a.words; k0 += kFlushWords) {
+    const int64_t k1 = k0 + kFlushWords < a.words ? k0 + kFlushWords : a.words;
+    __m256i bytes0 = zero, bytes1 = zero, bytes2 = zero, bytes3 = zero;
+    __m256i bytes4 = zero, bytes5 = zero, bytes6 = zero, bytes7 = zero;
+    for (int64_t k = k0; k < k1; ++k) {
+      const __m256i word =
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a.act + a.offsets[k]));
+      const __m256i lo = _mm256_and_si256(word, nibble);
+      const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(word, 4), nibble);
+      BMX_CHANNEL_STEP(0) BMX_CHANNEL_STEP(1) BMX_CHANNEL_STEP(2) BMX_CHANNEL_STEP(3)
+      BMX_CHANNEL_STEP(4) BMX_CHANNEL_STEP(5) BMX_CHANNEL_STEP(6) BMX_CHANNEL_STEP(7)
+    }
+    BMX_CHANNEL_FLUSH(0) BMX_CHANNEL_FLUSH(1) BMX_CHANNEL_FLUSH(2) BMX_CHANNEL_FLUSH(3)
+    BMX_CHANNEL_FLUSH(4) BMX_CHANNEL_FLUSH(5) BMX_CHANNEL_FLUSH(6) BMX_CHANNEL_FLUSH(7)
+  }
+  BMX_CHANNEL_STORE(0) BMX_CHANNEL_STORE(1) BMX_CHANNEL_STORE(2) BMX_CHANNEL_STORE(3)
+  BMX_CHANNEL_STORE(4) BMX_CHANNEL_STORE(5) BMX_CHANNEL_STORE(6) BMX_CHANNEL_STORE(7)
+}
+
+#undef BMX_CHANNEL_STEP
+#undef BMX_CHANNEL_FLUSH
+#undef BMX_CHANNEL_STORE
+
+void tile_any(const TileArgs& a) {
+  switch (a.channels) {
+    case 1: tile<1>(a); break;
+    case 2: tile<2>(a); break;
+    case 3: tile<3>(a); break;
+    case 4: tile<4>(a); break;
+    case 5: tile<5>(a); break;
+    case 6: tile<6>(a); break;
+    case 7: tile<7>(a); break;
+    default: tile<8>(a); break;
+  }
+}
+
+#pragma GCC pop_options
+
+}  // namespace avx2_isa
+}  // namespace
+
+const IsaKernels* avx2_kernels() {
+  static const IsaKernels kernels{"avx2-vpshufb", avx2_isa::kLanes, avx2_isa::kChannels, 2,
+                                  avx2_isa::prepare_weights, avx2_isa::tile_any,
+                                  avx2_isa::impl::pack, avx2_isa::impl::finish};
+  return &kernels;
+}
+
+}  // namespace bmx
+
+#else
+
+namespace bmx {
+const IsaKernels* avx2_kernels() { return nullptr; }
+}  // namespace bmx
+
+#endif

@@ -1,0 +1,174 @@
+// Packing and output writing of binary convolution, written once with GCC vector extensions and
+// compiled by each conv_isa_*.cc for its instruction set (include it inside that file's target
+// pragma and its own namespace: the compiler then vectorizes it for the set). Not a public header.
+//
+// No std:: templates below: an instantiation compiled inside a SIMD target region is a weak symbol
+// the linker may pick for baseline code too, which would then run SIMD instructions on a CPU
+// without them. Everything here lives in the including file's own namespace instead.
+// (No include guard: each conv_isa_*.cc includes it once, inside its own namespace, after
+// including <cstring>, binary_conv.h and conv_isa.h itself.)
+
+namespace impl {
+
+using bmx::ConvParams;
+using bmx::FinishArgs;
+using bmx::OutputMode;
+using bmx::PackArgs;
+
+inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+inline void fill_words(uint32_t* dst, int64_t n, uint32_t value) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = value;
+}
+
+typedef float F32x16 __attribute__((vector_size(64)));
+typedef int32_t I32x16 __attribute__((vector_size(64)));
+
+// dst[i] = the bits of `bits` channels at pixel i < count, channel b of pixel i at
+// x[b * channel_stride + i]: bit = x >= 0, or sign[b] * x >= bias[b] with thresholds (exact:
+// sign is +1, -1 or 0; NaN compares false, i.e. -1). Vectors of 16 pixels; the last one overlaps
+// the one before instead of falling back to scalar code.
+template <bool kThresholds>
+inline void pack_span(const float* x, int64_t channel_stride, int bits, const float* sign,
+                      const float* bias, int64_t count, uint32_t* dst) {
+  if (count < 16) {
+    for (int64_t i = 0; i < count; ++i) {
+      uint32_t word = 0;
+      for (int b = 0; b < bits; ++b) {
+        const float v = x[b * channel_stride + i];
+        const bool set = kThresholds ? (v * sign[b] >= bias[b]) : (v >= 0.0f);
+        word |= set ? (1u << b) : 0u;
+      }
+      dst[i] = word;
+    }
+    return;
+  }
+  for (int64_t i = 0;; i += 16) {
+    if (i + 16 > count) i = count - 16;
+    const float* src = x + i;
+    I32x16 acc = {};
+    for (int b = 0; b < bits; ++b, src += channel_stride) {
+      F32x16 v;
+      std::memcpy(&v, src, sizeof v);
+      const I32x16 set = kThresholds ? (v * sign[b] >= bias[b]) : (v >= 0.0f);
+      acc |= set & static_cast<int32_t>(1u << b);
+    }
+    std::memcpy(dst + i, &acc, sizeof acc);
+    if (i + 16 >= count) break;
+  }
+}
+
+template <bool kThresholds>
+void pack_words(const PackArgs& a) {
+  const ConvParams& p = *a.params;
+  const int64_t group_words = p.group_words(), group_channels = p.group_in_channels();
+  const int64_t sh = p.stride_h, sw = p.stride_w;
+  const int64_t plane_h = p.plane_h(), plane_w = p.plane_w(), plane = p.plane_words();
+  const int64_t in_h = p.in_h, in_w = p.in_w, pad_h = p.pad_h, pad_w = p.pad_w;
+  uint32_t* packed = a.word_scratch;  // one word per input pixel, before padding
+  for (int64_t j = a.word_begin; j < a.word_end; ++j) {
+    const int64_t g = j / group_words, jj = j % group_words;
+    const int64_t c0 = g * group_channels + jj * bmx::kWordBits;
+    const int bits = static_cast<int>(min64(bmx::kWordBits, group_channels - jj * bmx::kWordBits));
+    const uint32_t pad = p.pad_with_ones ? bmx::low_bits_mask(bits) : 0u;
+    // The channel planes are contiguous: pack them as one span of in_h * in_w pixels, then pad.
+    pack_span<kThresholds>(a.x + c0 * a.channel_stride, a.channel_stride, bits,
+                           kThresholds ? a.thr_sign + c0 : nullptr,
+                           kThresholds ? a.thr_bias + c0 : nullptr, in_h * in_w, packed);
+    uint32_t* planes = a.image + j * sh * sw * plane;
+    if (sh == 1 && sw == 1) {
+      for (int64_t yp = 0; yp < plane_h; ++yp) {
+        uint32_t* dst = planes + yp * plane_w;
+        const int64_t y = yp - pad_h;
+        if (y < 0 || y >= in_h) {
+          fill_words(dst, plane_w, pad);
+          continue;
+        }
+        fill_words(dst, pad_w, pad);
+        std::memcpy(dst + pad_w, packed + y * in_w, in_w * sizeof(uint32_t));
+        fill_words(dst + pad_w + in_w, plane_w - pad_w - in_w, pad);
+      }
+      continue;
+    }
+    // Padded pixel (yp, xp) goes to phase plane (yp % sh, xp % sw) at (yp / sh, xp / sw).
+    for (int64_t yp = 0; yp < plane_h * sh; ++yp) {
+      const int64_t y = yp - pad_h;
+      const bool row_inside = y >= 0 && y < in_h;
+      for (int64_t xp = 0; xp < plane_w * sw; ++xp) {
+        const int64_t x = xp - pad_w;
+        const bool inside = row_inside && x >= 0 && x < in_w;
+        planes[((yp % sh) * sw + xp % sw) * plane + (yp / sh) * plane_w + xp / sw] =
+            inside ? packed[y * in_w + x] : pad;
+      }
+    }
+  }
+}
+
+inline void pack(const PackArgs& a) {
+  if (a.thr_sign != nullptr) {
+    pack_words<true>(a);
+  } else {
+    pack_words<false>(a);
+  }
+}
+
+// dst[i * stride] (+)= the output of counts[i], i < n.
+template <OutputMode kMode, bool kAccumulate, bool kContiguous>
+inline void emit(const int32_t* counts, int64_t n, int32_t fan_in, float scale, float* dst,
+                 int64_t stride) {
+  for (int64_t i = 0; i < n; ++i) {
+    float v;
+    if (kMode == OutputMode::kAgreements) {
+      v = static_cast<float>(fan_in - counts[i]);
+    } else if (kMode == OutputMode::kDot) {
+      v = static_cast<float>(fan_in - 2 * counts[i]);
+    } else {
+      v = static_cast<float>(fan_in - 2 * counts[i]) * scale;
+    }
+    float& d = dst[kContiguous ? i : i * stride];
+    d = kAccumulate ? d + v : v;
+  }
+}
+
+template <OutputMode kMode, bool kAccumulate, bool kContiguous>
+void finish_as(const FinishArgs& f) {
+  const int32_t fan_in = static_cast<int32_t>(f.fan_in);
+  for (int c = 0; c < f.channels; ++c) {
+    const int32_t* src = f.counts + c * f.lanes;
+    float* out = f.out + c * f.channel_stride;
+    const float scale = kMode == OutputMode::kScaledDot ? f.scale[c] : 1.0f;
+    int64_t lane = 0, q = f.first_lane;
+    while (lane < f.lanes) {
+      const int64_t y = q / f.plane_w, x = q % f.plane_w;
+      if (y >= f.out_h) break;
+      const int64_t run = min64(f.plane_w - x, f.lanes - lane);
+      const int64_t valid = max64(0, min64(run, f.out_w - x));
+      emit<kMode, kAccumulate, kContiguous>(src + lane, valid, fan_in, scale,
+                                            out + (y * f.out_w + x) * f.pixel_stride,
+                                            f.pixel_stride);
+      lane += run;
+      q += run;
+    }
+  }
+}
+
+template <OutputMode kMode>
+void finish_mode(const FinishArgs& f) {
+  const bool contiguous = f.pixel_stride == 1;
+  if (f.accumulate) {
+    contiguous ? finish_as<kMode, true, true>(f) : finish_as<kMode, true, false>(f);
+  } else {
+    contiguous ? finish_as<kMode, false, true>(f) : finish_as<kMode, false, false>(f);
+  }
+}
+
+inline void finish(const FinishArgs& f) {
+  switch (f.mode) {
+    case OutputMode::kAgreements: finish_mode<OutputMode::kAgreements>(f); break;
+    case OutputMode::kDot: finish_mode<OutputMode::kDot>(f); break;
+    default: finish_mode<OutputMode::kScaledDot>(f); break;
+  }
+}
+
+}  // namespace impl
+
