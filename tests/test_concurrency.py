@@ -1,0 +1,113 @@
+"""Concurrent inference: one packed model serves several Python threads with the outputs of serial
+inference, and the ops compute the same bits whatever OMP_NUM_THREADS says."""
+import os
+import subprocess
+import sys
+import threading
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import bmxnet_ext
+from bmxnet_ext import model_zoo
+
+SHAPE = (2, 3, 32, 32)
+THREADS = 4
+CALLS_PER_THREAD = 5
+
+
+@pytest.fixture(scope="module")
+def packed_meliusnet(tmp_path_factory):
+    net = model_zoo.get_model("meliusnet22", classes=10, input_size=32)
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    net(mx.nd.zeros(SHAPE))
+    rng = np.random.RandomState(0)
+    for name, param in net.collect_params().items():  # non-trivial BatchNorm statistics
+        if name.endswith(("running_mean", "beta")):
+            param.set_data(mx.nd.array(rng.uniform(-0.5, 0.5, param.shape)))
+        elif name.endswith(("running_var", "gamma")):
+            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)))
+    packed = bmxnet_ext.convert_to_xnor(net, input_shape=SHAPE)
+    prefix = str(tmp_path_factory.mktemp("packed") / "m22")
+    packed.hybridize()
+    packed(mx.nd.zeros(SHAPE))
+    packed.export(prefix)
+    return packed, prefix
+
+
+def _prepared(kind, packed, prefix):
+    if kind == "reloaded":
+        return bmxnet_ext.load_xnor(prefix)
+    if kind == "static_alloc":
+        packed.hybridize(static_alloc=True, static_shape=True)
+    elif kind == "hybridized":
+        packed.hybridize()
+    else:
+        packed.hybridize(active=False)
+    return packed
+
+
+@pytest.mark.parametrize("kind", ["imperative", "hybridized", "static_alloc", "reloaded"])
+def test_four_threads_get_the_outputs_of_serial_inference(kind, packed_meliusnet):
+    net = _prepared(kind, *packed_meliusnet)
+    inputs = [mx.nd.array(np.random.RandomState(i).standard_normal(SHAPE).astype(np.float32))
+              for i in range(THREADS)]
+    serial = [net(x).asnumpy() for x in inputs]
+    results = [[] for _ in range(THREADS)]
+    start = threading.Barrier(THREADS)
+
+    def serve(i):
+        start.wait()
+        for _ in range(CALLS_PER_THREAD):
+            results[i].append(net(inputs[i]).asnumpy())
+
+    threads = [threading.Thread(target=serve, args=(i,)) for i in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for i in range(THREADS):
+        assert len(results[i]) == CALLS_PER_THREAD
+        for output in results[i]:
+            np.testing.assert_array_equal(output, serial[i])
+
+
+_THREADS_SCRIPT = """
+import sys
+import numpy as np, mxnet as mx
+import bmxnet_ext
+from bmxnet_ext import _kernels as K
+rng = np.random.RandomState(0)
+x = mx.nd.array(rng.standard_normal((3, 96, 30, 30)).astype(np.float32))
+w = mx.nd.array(K.pack_conv_weights(rng.standard_normal((70, 96, 3, 3)).astype(np.float32)),
+                dtype="int32")
+dense_x = mx.nd.array(rng.standard_normal((300, 1000)).astype(np.float32))
+dense_w = mx.nd.array(K.pack_dense_weights(rng.standard_normal((90, 1000)).astype(np.float32)),
+                      dtype="int32")
+conv = mx.nd.bmx_binary_conv2d(x, w, kernel=(3, 3), pad=(1, 1), num_filter=70, in_channels=96)
+dense = mx.nd.bmx_binary_dense(dense_x, dense_w, num_hidden=90, in_units=1000)
+np.savez(sys.argv[1], conv=conv.asnumpy(), dense=dense.asnumpy())
+"""
+
+
+@pytest.fixture(scope="module")
+def outputs_by_thread_count(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("omp")
+    outputs = {}
+    for threads in (1, 2, 3):
+        path = str(tmp / f"t{threads}.npz")
+        result = subprocess.run([sys.executable, "-c", _THREADS_SCRIPT, path], capture_output=True,
+                                text=True, timeout=300,
+                                env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
+        assert result.returncode == 0, result.stderr[-3000:]
+        outputs[threads] = np.load(path)
+    return outputs
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+@pytest.mark.parametrize("op", ["conv", "dense"])
+def test_ops_compute_the_same_bits_on_any_number_of_threads(threads, op, outputs_by_thread_count):
+    np.testing.assert_array_equal(outputs_by_thread_count[threads][op],
+                                  outputs_by_thread_count[1][op])
