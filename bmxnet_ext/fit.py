@@ -78,9 +78,10 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
     seed : int
         Base of the per-epoch seeds (:func:`seed_everything`).
     kvstore : mx.kv.KVStore, optional
-        The distributed kvstore the trainer uses; workers then stay in lock step (see
-        :class:`bmxnet_ext.distributed.WorkerSync`) and BatchNorm statistics are averaged over
-        workers (and devices) after every epoch.
+        A distributed kvstore (``dist_sync``, ``dist_device_sync``): workers start from rank 0's
+        parameters, sum gradients each step, stay in lock step and average BatchNorm
+        statistics after every epoch (:class:`bmxnet_ext.distributed.WorkerSync`). The trainer
+        must then have no kvstore of its own (:func:`bmxnet_ext.recipe.make_trainer`).
     keep_checkpoints : int
         Committed checkpoints kept on disk.
     quiet : bool
@@ -104,6 +105,11 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
     sync = WorkerSync(kvstore)
+    # gluon.Trainer keeps its kvstore argument here; a distributed one would reduce twice
+    if sync.distributed and trainer._kvstore_params.get("kvstore") is not None:
+        raise ValueError("for distributed training build the trainer without a kvstore "
+                         "(bmxnet_ext.recipe.make_trainer does): fit sums gradients over the "
+                         "workers itself")
     manager = CheckpointManager(os.path.join(out_dir, "checkpoints"), keep_checkpoints) \
         if out_dir else None
     history, start = [], 0
@@ -122,6 +128,7 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
         raise FileExistsError(f"{out_dir} already holds a checkpoint (epoch "
                               f"{manager.latest()['epoch']}); pass resume=True to continue it or "
                               "choose another out_dir")
+    sync.setup(net)  # distributed: every worker continues from rank 0's parameters
     log = TrainingLog(out_dir, history) if out_dir else None
     result = FitResult(history=history, checkpoint=_committed(manager))
 

@@ -13,7 +13,7 @@ import mxnet as mx
 from mxnet import gluon
 
 from . import optim
-from .distributed import create_kvstore
+from .distributed import create_kvstore, is_distributed
 
 __all__ = ["Recipe", "RECIPES", "get_recipe", "paper_initializer", "exclude_norm_from_wd",
            "prepare_network", "make_trainer"]
@@ -114,12 +114,16 @@ def make_trainer(net, recipe, iters_per_epoch, kvstore="device", epochs=None):
     epochs : int, optional
         Length of the schedule; ``recipe.epochs`` by default.
 
-    Optimizer updates run on the workers (``update_on_kvstore=False``): the parameter servers
-    only sum gradients, so they need not unpickle this package's optimizer, and
-    ``Trainer.save_states`` can checkpoint the optimizer on every kvstore.
+    Optimizer updates run on the workers (``update_on_kvstore=False``): parameter servers only
+    sum gradients, so they need not unpickle this package's optimizer, and
+    ``Trainer.save_states`` can checkpoint the optimizer on every kvstore. With a distributed
+    kvstore the trainer gets none (pass the kvstore to :func:`bmxnet_ext.fit.fit`, which sums
+    gradients over workers itself; see :class:`bmxnet_ext.distributed.WorkerSync` for why).
     """
     if isinstance(kvstore, str):
         kvstore = create_kvstore(kvstore)
+    if is_distributed(kvstore):
+        kvstore = None
     scheduler = optim.make_lr_scheduler(recipe.schedule, recipe.lr, epochs or recipe.epochs,
                                         iters_per_epoch, step_epochs=recipe.step_epochs,
                                         step_factor=recipe.step_factor)

@@ -71,8 +71,8 @@ def train_epoch_metrics(net, trainer, loader, loss_fn=None, ctx=mx.cpu(), topk=(
     ----------
     net : gluon.Block
     trainer : gluon.Trainer
-        Its ``step`` is called once per batch with the number of samples of the step (over all
-        workers when ``sync`` is distributed), so gradients are means over the global batch.
+        Its ``step`` (``update`` when distributed) is called once per batch with the number of
+        samples of the step over all workers, so gradients are means over the global batch.
     loader : iterable of (data, label)
         NDArray batches (any context; split across ``ctx``).
     loss_fn : gluon.loss.Loss
@@ -81,8 +81,9 @@ def train_epoch_metrics(net, trainer, loader, loss_fn=None, ctx=mx.cpu(), topk=(
     topk : tuple of int
         Accuracies to measure (k larger than the number of classes counts as every class).
     sync : WorkerSync, optional
-        For distributed training: all-reduces each step's loss and stops the epoch of every
-        worker when one runs out of data.
+        For distributed training (after its ``setup(net)``): sums gradients and each step's
+        loss over the workers, and stops the epoch of every worker when one runs out of data.
+        ``trainer`` must then have no kvstore of its own.
     on_batch_end : callable, optional
         ``on_batch_end(batch_index, metrics_so_far)`` after every applied step.
 
@@ -122,7 +123,11 @@ def train_epoch_metrics(net, trainer, loader, loss_fn=None, ctx=mx.cpu(), topk=(
                 raise NonFiniteLossError(
                     f"training loss became {step_loss} at batch {index} (after {seen} samples "
                     f"of this pass); the update was not applied")
-            trainer.step(step_samples)
+            if sync.distributed:
+                sync.allreduce_grads()
+                trainer.update(step_samples)
+            else:
+                trainer.step(step_samples)
             seen += data.shape[0]
             global_seen += step_samples
             totals["loss"] += step_loss

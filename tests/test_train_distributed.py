@@ -9,6 +9,7 @@ import pytest
 
 from bmxnet_ext import launcher
 from bmxnet_ext.distributed import WorkerSync, create_kvstore
+from bmxnet_ext.records import folder_to_recordio
 from train_helpers import write_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -39,11 +40,21 @@ def _zoo_ready():
 
 
 @pytest.mark.skipif(not _zoo_ready(), reason="train.py needs the zoo's meliusnet_flex")
-def test_dist_sync_workers_end_with_identical_trained_parameters(tmp_path):
-    data = write_image_folder(tmp_path / "data", per_class=8, size=10)
+@pytest.mark.parametrize("kind", ["folder", "recordio"])
+def test_dist_sync_workers_end_with_identical_trained_parameters(kind, tmp_path):
+    data = write_image_folder(tmp_path / "data", per_class=7, size=10)
+    batch, size = "4", "8"
+    if kind == "recordio":
+        # ImageRecordIter shards by bytes: here 11 and 10 of the 21 images, so with batch 1 one
+        # worker runs out first and both must end the epoch together. (16 px keeps the head's
+        # BatchNorm away from a single value per channel, where it passes no gradient.)
+        batch, size = "1", "16"
+        for split in ("train", "val"):
+            folder_to_recordio(os.path.join(data, split), str(tmp_path / "rec" / split))
+        data = str(tmp_path / "rec")
     out = tmp_path / "run"
     command = [sys.executable, TRAIN, "--data", data, "--model", "meliusnet_flex",
-               "--model-arg", "blocks=[1,1,1,1]", "--image-size", "8", "--batch-size", "4",
+               "--model-arg", "blocks=[1,1,1,1]", "--image-size", size, "--batch-size", batch,
                "--epochs", "2", "--workers", "0", "--kvstore", "dist_sync", "--output",
                str(out), "--quiet"]
     port = launcher.free_port()
@@ -123,3 +134,19 @@ def test_single_process_sync_is_a_pass_through():
     sync = WorkerSync(None)
     assert sync.step(1.5, 4, True) == (1.5, 4, True)
     assert (sync.rank, sync.num_workers) == (0, 1)
+
+
+class _FakeDistStore:
+    type, rank, num_workers = "dist_sync", 0, 1
+
+
+def test_fit_refuses_a_trainer_that_reduces_on_its_own_kvstore():
+    from mxnet import gluon
+
+    from bmxnet_ext.fit import fit
+
+    net = gluon.nn.Dense(2, in_units=3)
+    net.initialize()
+    trainer = gluon.Trainer(net.collect_params(), "sgd", kvstore=_FakeDistStore())
+    with pytest.raises(ValueError, match="without a kvstore"):
+        fit(net, trainer, [], 1, kvstore=_FakeDistStore(), quiet=True)

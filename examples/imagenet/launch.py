@@ -12,6 +12,7 @@ host; every worker reads a disjoint shard of the training data):
         --gpus 0,1 --kvstore dist_sync --output /shared/runs/m22
 """
 import argparse
+import signal
 import sys
 
 from bmxnet_ext.launcher import ClusterError, launch_local, launch_ssh
@@ -41,6 +42,8 @@ def _parser():
 
 def main(argv=None):
     args = _parser().parse_args(argv)
+    # SIGTERM (e.g. a batch system cancelling the job) unwinds like Ctrl-C: the cluster is stopped
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
         print("launch.py: error: give the worker command after --", file=sys.stderr)
