@@ -2,9 +2,12 @@
 //
 // Inputs: data float32 (N, C, H, W); weight int32 (num_filter, kh, kw, ceil(C/num_group/32)),
 // the layout of kernels/binary_conv.h (the raw bits of its uint32 words); scale float32
-// (num_filter,) only with scaling=True. The op binarizes data itself (bit = x >= 0), pads it
-// with pad_value (-1 by default) and returns float32 (N, num_filter, H_out, W_out) in the
-// convention of the training layer QConv2D: (dot + K) / 2, dot (offset=False) or dot * scale.
+// (num_filter,) only with scaling=True; threshold_sign and threshold_bias float32 (C,) only with
+// thresholds=True. The op binarizes data itself (bit = x >= 0, or with thresholds
+// threshold_sign[c] * x >= threshold_bias[c]: a BatchNorm before the sign folded in, see
+// bmxnet_ext.converter), pads it with pad_value (-1 by default) and returns float32
+// (N, num_filter, H_out, W_out) in the convention of the training layer QConv2D: (dot + K) / 2,
+// dot (offset=False) or dot * scale.
 #include <climits>
 #include <string>
 #include <vector>
@@ -26,7 +29,7 @@ constexpr int64_t kMaxChannels = 1 << 20;  // num_filter, in_channels, num_group
 struct ConvAttrs {
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilate_h, dilate_w;
   int64_t num_filter, in_channels, num_group;
-  bool offset, scaling;
+  bool offset, scaling, thresholds;
   int pad_value;
 };
 
@@ -34,7 +37,7 @@ bool parse(const bmx::ops::Attrs& attrs, ConvAttrs* a) {
   using namespace bmx::ops;
   if (!check_attr_names(kOp, attrs,
                         {"kernel", "num_filter", "in_channels", "stride", "pad", "dilate",
-                         "num_group", "offset", "scaling", "pad_value"}))
+                         "num_group", "offset", "scaling", "pad_value", "thresholds"}))
     return false;
   for (const char* required : {"kernel", "num_filter", "in_channels"}) {
     if (attrs.count(required) == 0) {
@@ -53,6 +56,7 @@ bool parse(const bmx::ops::Attrs& attrs, ConvAttrs* a) {
       !read_int(kOp, attrs, "num_group", 1, 1, kMaxChannels, &a->num_group) ||
       !read_bool(kOp, attrs, "offset", true, &a->offset) ||
       !read_bool(kOp, attrs, "scaling", false, &a->scaling) ||
+      !read_bool(kOp, attrs, "thresholds", false, &a->thresholds) ||
       !read_unit_sign(kOp, attrs, "pad_value", -1, &a->pad_value))
     return false;
   if (a->in_channels % a->num_group != 0 || a->num_filter % a->num_group != 0) {
@@ -93,18 +97,28 @@ std::vector<unsigned int> weight_shape(const ConvAttrs& a) {
 MXReturnValue parse_attrs(const bmx::ops::Attrs& attrs, int* num_in, int* num_out) {
   ConvAttrs a;
   if (!parse(attrs, &a)) return mxnet::ext::MX_FAIL;
-  *num_in = a.scaling ? 3 : 2;
+  *num_in = 2 + (a.scaling ? 1 : 0) + (a.thresholds ? 2 : 0);
   *num_out = 1;
   return mxnet::ext::MX_SUCCESS;
 }
 
+// Positions of the optional inputs.
+size_t scale_input(const ConvAttrs& a) { return 2; }
+size_t threshold_input(const ConvAttrs& a) { return a.scaling ? 3 : 2; }
+
 MXReturnValue infer_type(const bmx::ops::Attrs& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
   using bmx::ops::assign_or_check_dtype;
+  ConvAttrs a;
+  if (!parse(attrs, &a)) return mxnet::ext::MX_FAIL;
+  const size_t t = threshold_input(a);
   if (!assign_or_check_dtype(kOp, in_types, 0, "data", MXDType::kFloat32) ||
       !assign_or_check_dtype(kOp, in_types, 1, "weight", MXDType::kInt32) ||
-      (in_types->size() > 2 &&
-       !assign_or_check_dtype(kOp, in_types, 2, "scale", MXDType::kFloat32)))
+      (a.scaling &&
+       !assign_or_check_dtype(kOp, in_types, scale_input(a), "scale", MXDType::kFloat32)) ||
+      (a.thresholds &&
+       (!assign_or_check_dtype(kOp, in_types, t, "threshold_sign", MXDType::kFloat32) ||
+        !assign_or_check_dtype(kOp, in_types, t + 1, "threshold_bias", MXDType::kFloat32))))
     return mxnet::ext::MX_FAIL;
   (*out_types)[0] = MXDType::kFloat32;
   return mxnet::ext::MX_SUCCESS;
@@ -120,9 +134,16 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
   if (!assign_or_check_shape(kOp, in_shapes, 1, "weight", weight_shape(a),
                              "(num_filter, kernel_h, kernel_w, ceil(in_channels / num_group / "
                              "32)) packed int32 words") ||
-      (a.scaling && !assign_or_check_shape(kOp, in_shapes, 2, "scale",
+      (a.scaling && !assign_or_check_shape(kOp, in_shapes, scale_input(a), "scale",
                                            {static_cast<unsigned int>(a.num_filter)},
                                            "(num_filter,)")))
+    return mxnet::ext::MX_FAIL;
+  const std::vector<unsigned int> per_channel = {static_cast<unsigned int>(a.in_channels)};
+  if (a.thresholds &&
+      (!assign_or_check_shape(kOp, in_shapes, threshold_input(a), "threshold_sign", per_channel,
+                              "(in_channels,)") ||
+       !assign_or_check_shape(kOp, in_shapes, threshold_input(a) + 1, "threshold_bias",
+                              per_channel, "(in_channels,)")))
     return mxnet::ext::MX_FAIL;
   if (!check_rank(kOp, *in_shapes, 0, "data", 4, "N, C, H, W")) return mxnet::ext::MX_FAIL;
   const auto& s = (*in_shapes)[0];
@@ -174,8 +195,8 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
 }
 
 // inputs[0]: data [N][C][H][W] float32; inputs[1]: weight [num_filter][kh][kw][words] int32;
-// inputs[2] (scaling=True only): scale [num_filter] float32;
-// outputs[0]: [N][num_filter][H_out][W_out] float32.
+// then scale [num_filter] float32 (scaling=True only); then threshold_sign [C] and threshold_bias
+// [C] float32 (thresholds=True only); outputs[0]: [N][num_filter][H_out][W_out] float32.
 MXReturnValue forward(const bmx::ops::Attrs& attrs, std::vector<MXTensor>* inputs,
                       std::vector<MXTensor>* outputs, const OpResource& res) {
   ConvAttrs a;
@@ -200,9 +221,21 @@ MXReturnValue forward(const bmx::ops::Attrs& attrs, std::vector<MXTensor>* input
   const bmx::OutputMode mode = a.scaling ? bmx::OutputMode::kScaledDot
                                : a.offset ? bmx::OutputMode::kAgreements
                                           : bmx::OutputMode::kDot;
-  const float* scale = a.scaling ? (*inputs)[2].data<float>() : nullptr;
-  bmx::binary_conv2d(x.data<float>(), weights, p, mode, scale, scratch,
-                     (*outputs)[0].data<float>());
+  bmx::ConvInput in;
+  in.data = x.data<float>();
+  in.batch_stride = p.in_channels * p.in_h * p.in_w;
+  if (a.thresholds) {
+    in.thr_sign = (*inputs)[threshold_input(a)].data<float>();
+    in.thr_bias = (*inputs)[threshold_input(a) + 1].data<float>();
+    if (!bmx::ops::check_threshold_signs(kOp, "threshold_sign", in.thr_sign, p.in_channels))
+      return mxnet::ext::MX_FAIL;
+  }
+  bmx::ConvOutput out;
+  out.data = (*outputs)[0].data<float>();
+  out.batch_stride = p.out_channels * p.out_h() * p.out_w();
+  out.mode = mode;
+  out.scale = a.scaling ? (*inputs)[scale_input(a)].data<float>() : nullptr;
+  bmx::binary_conv2d(in, weights, p, out, scratch);
   return mxnet::ext::MX_SUCCESS;
 }
 

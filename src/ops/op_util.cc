@@ -213,5 +213,17 @@ mxnet::ext::MXReturnValue zero_backward(const Attrs& attrs,
   return mxnet::ext::MX_SUCCESS;
 }
 
+bool check_threshold_signs(const char* op, const std::string& name, const float* signs,
+                           int64_t count) {
+  for (int64_t c = 0; c < count; ++c) {
+    if (signs[c] != 1.0f && signs[c] != -1.0f && signs[c] != 0.0f) {
+      MX_ERROR_MSG << op << ": input '" << name << "' must hold only +1, -1 or 0 (bit = sign * x "
+                   << ">= bias), got " << signs[c] << " at channel " << c;
+      return false;
+    }
+  }
+  return true;
+}
+
 }  // namespace ops
 }  // namespace bmx

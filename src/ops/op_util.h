@@ -80,6 +80,10 @@ mxnet::ext::MXReturnValue zero_backward(const Attrs& attrs,
                                         const mxnet::ext::OpResource& res);
 const char* dtype_name(int dtype);
 
+// Threshold signs (a BatchNorm folded into the binarization) must each be +1, -1 or 0.
+bool check_threshold_signs(const char* op, const std::string& name, const float* signs,
+                           int64_t count);
+
 }  // namespace ops
 }  // namespace bmx
 

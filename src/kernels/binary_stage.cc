@@ -1,0 +1,64 @@
+#include "kernels/binary_stage.h"
+
+#include <cstring>
+
+namespace bmx {
+
+int64_t StageParams::channels_before(int64_t in_channels, int64_t growth,
+                                     const std::vector<bool>& improvement, size_t i) {
+  int64_t channels = in_channels;
+  for (size_t u = 0; u < i; ++u) channels += improvement[u] ? 0 : growth;
+  return channels;
+}
+
+ConvParams StageParams::unit_conv(int64_t channels) const {
+  ConvParams p;
+  p.batch = batch;
+  p.in_channels = channels;
+  p.in_h = height;
+  p.in_w = width;
+  p.out_channels = growth;
+  p.kernel_h = kernel_h;
+  p.kernel_w = kernel_w;
+  p.dilate_h = dilate_h;
+  p.dilate_w = dilate_w;
+  p.pad_h = dilate_h * (kernel_h - 1) / 2;
+  p.pad_w = dilate_w * (kernel_w - 1) / 2;
+  p.pad_with_ones = pad_with_ones;
+  return p;
+}
+
+int64_t stage_scratch_words(const StageParams& s, int64_t max_channels) {
+  return s.unit_conv(max_channels).packed_input_words();
+}
+
+void binary_stage(const float* x, const StageParams& s, const std::vector<StageUnit>& units,
+                  uint32_t* scratch, float* out) {
+  int64_t out_channels = s.in_channels;
+  for (const StageUnit& u : units) out_channels += u.improvement ? 0 : s.growth;
+  const int64_t plane = s.height * s.width;
+  for (int64_t b = 0; b < s.batch; ++b) {
+    std::memcpy(out + b * out_channels * plane, x + b * s.in_channels * plane,
+                sizeof(float) * s.in_channels * plane);
+  }
+  int64_t channels = s.in_channels;
+  for (const StageUnit& u : units) {
+    const ConvParams p = s.unit_conv(channels);
+    ConvInput in;
+    in.data = out;
+    in.batch_stride = out_channels * plane;
+    in.thr_sign = u.thr_sign;
+    in.thr_bias = u.thr_bias;
+    ConvOutput o;
+    o.batch_stride = out_channels * plane;
+    o.mode = s.mode;
+    // The whole input is packed before the first output is written, so an improvement unit may
+    // add into channels it reads.
+    o.data = out + (u.improvement ? channels - s.growth : channels) * plane;
+    o.accumulate = u.improvement;
+    binary_conv2d(in, u.weights, p, o, scratch);
+    channels += u.improvement ? 0 : s.growth;
+  }
+}
+
+}  // namespace bmx

@@ -1,0 +1,344 @@
+"""Fused packed forms (convert_to_xnor(fuse=True), bmxnet_ext.fusion): BatchNorm folded into
+thresholds decides every sign as the BatchNorm does; fused networks equal the unfused packed
+networks bit for bit, also after export and reload; the fused operators equal their unfused
+compositions and reject bad input with a message."""
+import re
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet.gluon import nn
+
+import binary_reference as ref
+import bmxnet_ext
+from bmxnet_ext import _kernels as K
+from bmxnet_ext import fusion, model_zoo
+from bmxnet_ext.blocks import BinaryUnit, DenseBlock, ImprovementBlock
+from bmxnet_ext.converter import XnorConv2D, convert_to_xnor
+
+SHAPE = (2, 3, 32, 32)
+
+
+def _trained_like(net, shape=SHAPE, seed=0):
+    """Initialized, with non-trivial BatchNorm statistics (negative scales included)."""
+    mx.random.seed(seed)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    net(mx.nd.zeros(shape))
+    rng = np.random.RandomState(seed)
+    for name, param in net.collect_params().items():
+        if name.endswith(("running_mean", "beta")):
+            param.set_data(mx.nd.array(rng.uniform(-0.5, 0.5, param.shape)))
+        elif name.endswith("running_var"):
+            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)))
+        elif name.endswith("gamma"):
+            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)
+                                       * rng.choice([-1, 1], param.shape)))
+    return net
+
+
+# --- folding a BatchNorm into thresholds ----------------------------------------------------------
+
+def _norm(channels, gamma, beta, mean, var, **kwargs):
+    norm = nn.BatchNorm(in_channels=channels, **kwargs)
+    norm.initialize()
+    for param, value in zip((norm.gamma, norm.beta, norm.running_mean, norm.running_var),
+                            (gamma, beta, mean, var)):
+        param.set_data(mx.nd.array(np.broadcast_to(np.float32(value), (channels,))))
+    return norm
+
+
+_RNG = np.random.RandomState(4)
+NORMS = {
+    "random": lambda: _norm(40, _RNG.uniform(-2, 2, 40), _RNG.uniform(-1, 1, 40),
+                            _RNG.uniform(-1, 1, 40), _RNG.uniform(0.1, 3, 40)),
+    "negative-scale": lambda: _norm(8, -0.7, 0.3, 0.1, 0.9),
+    "zero-scale-positive-shift": lambda: _norm(4, 0.0, 0.25, 0.5, 1.0),
+    "zero-scale-negative-shift": lambda: _norm(4, 0.0, -0.25, 0.5, 1.0),
+    "zero-scale-zero-shift": lambda: _norm(4, 0.0, 0.0, 0.0, 1.0),
+    "tiny-variance": lambda: _norm(4, 1.0, 1e-3, 3.0, 1e-12),
+    "huge-statistics": lambda: _norm(4, 1e-30, 1e30, -1e35, 1e30),
+    "fixed-gamma": lambda: _norm(6, -3.0, 0.2, 0.7, 2.0, scale=False),
+    "large-epsilon": lambda: _norm(6, 1.0, 0.5, 0.2, 0.3, epsilon=0.5),
+}
+
+
+def _probe(channels, seed):
+    rng = np.random.RandomState(seed)
+    values = [rng.standard_normal((channels, 2000)) * 3,
+              rng.standard_normal((channels, 200)) * 1e-3,
+              np.broadcast_to(np.array([0.0, -0.0, np.inf, -np.inf, np.nan, 1e-45, -1e-45,
+                                        3e38, -3e38]), (channels, 9))]
+    return np.concatenate(values, axis=1).astype(np.float32)
+
+
+@pytest.mark.parametrize("name", list(NORMS))
+def test_folded_thresholds_decide_every_sign_as_the_batchnorm(name):
+    norm = NORMS[name]()
+    channels = norm.gamma.shape[0]
+    sign, bias, exact = fusion.fold_batchnorm(norm, channels)
+    assert exact.all()
+    assert set(np.unique(sign)) <= {-1.0, 0.0, 1.0}
+    x = _probe(channels, 5)
+    # values right at each threshold and their float neighbours
+    neighbours = fusion._floats(fusion._keys(np.where(np.isfinite(bias), bias * np.where(
+        sign == 0, 1, sign), 0))[:, None] + np.arange(-4, 5)[None, :])
+    x = np.concatenate([x, neighbours], axis=1).astype(np.float32)
+    expected = norm(mx.nd.array(x[None, :, None, :])).asnumpy()[0, :, 0, :] >= 0
+    with np.errstate(invalid="ignore"):
+        np.testing.assert_array_equal(sign[:, None] * x >= bias[:, None], expected)
+
+
+# --- fused networks equal unfused ones ------------------------------------------------------------
+
+@pytest.fixture(scope="module", params=model_zoo.list_models())
+def zoo_pair(request):
+    net = _trained_like(model_zoo.get_model(request.param, classes=10, stem="thumbnail",
+                                            input_size=32))
+    return (request.param, convert_to_xnor(net, input_shape=SHAPE),
+            convert_to_xnor(net, input_shape=SHAPE, fuse=True))
+
+
+def _blocks(block, kind):
+    found = [block] if isinstance(block, kind) else []
+    for child in block._children.values():
+        found += _blocks(child, kind)
+    return found
+
+
+def _stage_pairs(unfused, fused):
+    """(XnorBinaryStage, the unfused blocks it replaced) throughout two converted networks."""
+    pairs, original = [], list(unfused._children.values())
+    for child in fused._children.values():
+        if isinstance(child, fusion.XnorBinaryStage):
+            pairs.append((child, original[:len(child._units)]))
+            original = original[len(child._units):]
+        else:
+            pairs += _stage_pairs(original[0], child)
+            original = original[1:]
+    return pairs
+
+
+def test_fused_stages_equal_the_blocks_they_replace_bit_for_bit(zoo_pair):
+    """Every stage, on the same input (zeros, -0 and NaN included), returns exactly what its
+    dense / improvement blocks (packed, with their BatchNorms) return."""
+    name, unfused, fused = zoo_pair
+    pairs = _stage_pairs(unfused, fused)
+    if not _blocks(unfused, (DenseBlock, ImprovementBlock)):
+        assert not pairs
+        return
+    assert pairs
+    for i, (stage, blocks) in enumerate(pairs):
+        x = mx.nd.array(ref.random_floats((2, stage._attrs["in_channels"], 7, 9), i))
+        expected = x
+        for block in blocks:
+            expected = block(expected)
+        np.testing.assert_array_equal(stage(x).asnumpy(), expected.asnumpy())
+    assert not _blocks(fused, (DenseBlock, ImprovementBlock, BinaryUnit))
+
+
+@pytest.mark.parametrize("hybridize", [False, True], ids=["imperative", "hybridized"])
+def test_fused_zoo_network_computes_what_the_unfused_one_does(zoo_pair, hybridize):
+    """Logits agree to float rounding: MXNet's BatchNorm rounds differently (FMA or not)
+    depending on the memory layout its input arrives in, which the fusion changes for the
+    transitions after a stage; the binary parts are compared exactly above."""
+    name, unfused, fused = zoo_pair
+    if hybridize:
+        unfused.hybridize()
+        fused.hybridize()
+    x = mx.nd.array(np.random.RandomState(1).standard_normal(SHAPE).astype(np.float32))
+    expected = unfused(x).asnumpy()
+    np.testing.assert_allclose(fused(x).asnumpy(), expected, rtol=1e-5,
+                               atol=1e-5 * np.abs(expected).max())
+
+
+def test_fused_meliusnet22_has_one_operator_per_stage():
+    net = _trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=32))
+    fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
+    stages = _blocks(fused, fusion.XnorBinaryStage)
+    assert [stage._units for stage in stages] == ["di" * 4, "di" * 5, "di" * 4, "di" * 4]
+    assert [stage.out_channels for stage in stages] == [320, 480, 480, 512]
+
+
+def test_fused_export_reloads_in_a_fresh_process(tmp_path):
+    net = _trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=32))
+    fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
+    fused.hybridize()
+    x = np.random.RandomState(2).standard_normal(SHAPE).astype(np.float32)
+    expected = fused(mx.nd.array(x)).asnumpy()
+    prefix = str(tmp_path / "fused")
+    fused.export(prefix)
+    np.save(str(tmp_path / "x.npy"), x)
+    script = ("import numpy as np, mxnet as mx, bmxnet_ext; "
+              f"net = bmxnet_ext.load_xnor({prefix!r}); "
+              f"y = net(mx.nd.array(np.load({str(tmp_path / 'x.npy')!r}))).asnumpy(); "
+              f"np.save({str(tmp_path / 'y.npy')!r}, y)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    np.testing.assert_array_equal(np.load(str(tmp_path / "y.npy")), expected)
+
+
+class _Units(nn.HybridBlock):
+    """BinaryUnits outside dense / improvement blocks, one of them strided and grouped."""
+
+    def __init__(self, norm_layer=nn.BatchNorm, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.stem = nn.Conv2D(48, 3, padding=1, in_channels=3)
+            self.first = BinaryUnit(48, 32, norm_layer=norm_layer)
+            self.second = BinaryUnit(32, 16, strides=2, norm_layer=norm_layer)
+            self.head = nn.Dense(10, in_units=16 * 16 * 16)
+
+    def hybrid_forward(self, F, x):
+        return self.head(self.second(self.first(self.stem(x))))
+
+
+def test_binary_units_become_thresholded_convolutions():
+    net = _trained_like(_Units())
+    fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
+    convs = _blocks(fused, XnorConv2D)
+    assert len(convs) == 2 and all(c._attrs.get("thresholds") for c in convs)
+    assert not _blocks(fused, nn.BatchNorm)
+    x = mx.nd.array(np.random.RandomState(3).standard_normal(SHAPE).astype(np.float32))
+    np.testing.assert_array_equal(fused(x).asnumpy(),
+                                  convert_to_xnor(net, input_shape=SHAPE)(x).asnumpy())
+
+
+def test_units_whose_norm_does_not_fold_stay_unfused():
+    net = _trained_like(_Units(norm_layer=nn.InstanceNorm))
+    fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
+    assert len(_blocks(fused, nn.InstanceNorm)) == 2
+    assert not any(c._attrs.get("thresholds") for c in _blocks(fused, XnorConv2D))
+
+
+def test_a_fold_that_does_not_verify_keeps_the_batchnorm(monkeypatch):
+    real = fusion.fold_batchnorm
+
+    def one_channel_off(norm, channels):
+        sign, bias, exact = real(norm, channels)
+        exact[0] = False
+        return sign, bias, exact
+
+    monkeypatch.setattr(fusion, "fold_batchnorm", one_channel_off)
+    net = _trained_like(_Units())
+    with pytest.warns(UserWarning, match="do not fold into exact thresholds"):
+        fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
+    assert len(_blocks(fused, nn.BatchNorm)) == 2
+
+
+# --- the fused operators against their compositions ----------------------------------------------
+
+def _thresholds(channels, seed):
+    rng = np.random.RandomState(seed)
+    sign = rng.choice([-1.0, 1.0, 0.0], channels, p=[0.45, 0.45, 0.1]).astype(np.float32)
+    bias = rng.uniform(-0.5, 0.5, channels).astype(np.float32)
+    return sign, bias
+
+
+def _binarized(x, sign, bias):
+    """The ±1 values the thresholds give, as floats the plain op binarizes to the same bits."""
+    with np.errstate(invalid="ignore"):
+        return np.where(sign[None, :, None, None] * x >= bias[None, :, None, None],
+                        1.0, -1.0).astype(np.float32)
+
+
+@pytest.mark.parametrize("case", [ref.CONV_CASES[0], ref.CONV_CASES[-5], ref.CONV_CASES[-4],
+                                  ref.CONV_CASES[-2]])
+def test_conv_op_with_thresholds_equals_conv_of_thresholded_input(case):
+    x = ref.random_floats((case["n"], case["c"], case["h"], case["w"]), 0)
+    w = ref.random_floats((case["c_out"], case["c"] // case["groups"], case["k"], case["k"]), 1)
+    sign, bias = _thresholds(case["c"], 2)
+    attrs = dict(kernel=(case["k"], case["k"]), num_filter=case["c_out"], in_channels=case["c"],
+                 stride=case["stride"], pad=case["pad"], dilate=case["dilate"],
+                 num_group=case["groups"])
+    packed = mx.nd.array(K.pack_conv_weights(w, case["groups"]), dtype="int32")
+    got = mx.nd.bmx_binary_conv2d(mx.nd.array(x), packed, mx.nd.array(sign), mx.nd.array(bias),
+                                  thresholds=True, **attrs).asnumpy()
+    geometry = dict(stride=case["stride"], pad=case["pad"], dilate=case["dilate"],
+                    groups=case["groups"])
+    np.testing.assert_array_equal(got, ref.conv2d(_binarized(x, sign, bias), w, **geometry))
+
+
+STAGES = {
+    "dense-improvement": dict(units="didi", c0=40, growth=24, k=3, dilate=1),
+    "dense-only": dict(units="ddd", c0=33, growth=16, k=3, dilate=1),
+    "improvement-first": dict(units="id", c0=70, growth=32, k=1, dilate=1),
+    "dilated-plus-one-pad": dict(units="di", c0=64, growth=64, k=3, dilate=2, pad_value=1),
+    "no-offset": dict(units="dd", c0=20, growth=8, k=5, dilate=1, offset=False),
+}
+
+
+@pytest.mark.parametrize("name", list(STAGES))
+def test_stage_op_equals_its_composition(name):
+    spec = dict(STAGES[name])
+    units, c0, growth, k, dilate = (spec.pop(key) for key in ("units", "c0", "growth", "k",
+                                                              "dilate"))
+    x = mx.nd.array(ref.random_floats((2, c0, 9, 11), 3))
+    pad = dilate * (k - 1) // 2
+    inputs, y, channels = [x], x, c0
+    for i, kind in enumerate(units):
+        w = ref.random_floats((growth, channels, k, k), 10 + i)
+        packed = mx.nd.array(K.pack_conv_weights(w), dtype="int32")
+        sign, bias = (mx.nd.array(a) for a in _thresholds(channels, 20 + i))
+        inputs += [packed, sign, bias]
+        out = mx.nd.bmx_binary_conv2d(y, packed, sign, bias, thresholds=True, kernel=(k, k),
+                                      pad=(pad, pad), dilate=(dilate, dilate),
+                                      num_filter=growth, in_channels=channels, **spec)
+        if kind == "d":
+            y = mx.nd.concat(y, out, dim=1)
+            channels += growth
+        else:
+            y = mx.nd.concat(y[:, :channels - growth], y[:, channels - growth:] + out, dim=1)
+    got = mx.nd.bmx_binary_stage(*inputs, in_channels=c0, growth=growth, units=units,
+                                 kernel=(k, k), dilate=(dilate, dilate), **spec)
+    np.testing.assert_array_equal(got.asnumpy(), y.asnumpy())
+
+
+def _stage_inputs(c0=32, growth=8, units="di", weight_words=None, sign_value=1.0,
+                  data_channels=None):
+    inputs, channels = [mx.nd.zeros((1, data_channels or c0, 5, 5))], c0
+    for kind in units:
+        words = weight_words or -(-channels // 32)
+        inputs += [mx.nd.zeros((growth, 3, 3, words), dtype="int32"),
+                   mx.nd.full((channels,), sign_value), mx.nd.zeros((channels,))]
+        channels += growth if kind == "d" else 0
+    return inputs
+
+
+BAD_STAGES = {
+    "unknown-unit": (dict(units="dx"), "units='dx' must be 1 to 1024 letters"),
+    "no-units": (dict(units=""), "units='' must be 1 to 1024 letters"),
+    "improvement-too-wide": (dict(units="i", growth=64),
+                             "improves the last growth=64 channels but its input has only 32"),
+    "even-kernel": (dict(kernel=(2, 2)), "has no same padding"),
+    "unknown-attribute": (dict(stride=2), "unknown attribute 'stride'"),
+    "channels": (dict(data_channels=16), "has 16 channels but in_channels=32"),
+    "weight-shape": (dict(weight_words=2), "input 'unit 0 weight' must have shape (8, 3, 3, 1)"),
+    "threshold-sign": (dict(sign_value=0.5), "'unit 0 threshold_sign' must hold only +1, -1 or 0"),
+}
+
+
+@pytest.mark.parametrize("name", list(BAD_STAGES))
+def test_stage_op_rejects_bad_input_with_a_message(name):
+    attrs, message = BAD_STAGES[name]
+    attrs = dict(dict(in_channels=32, growth=8, units="di", kernel=(3, 3)), **attrs)
+    inputs = _stage_inputs(growth=attrs["growth"], units=attrs["units"] or "d",
+                           weight_words=attrs.pop("weight_words", None),
+                           sign_value=attrs.pop("sign_value", 1.0),
+                           data_channels=attrs.pop("data_channels", None))
+    with pytest.raises(mx.base.MXNetError, match=re.escape(message)):
+        mx.nd.bmx_binary_stage(*inputs, **attrs).wait_to_read()
+
+
+@pytest.mark.parametrize("sign,bias_shape,message", [
+    (np.full(32, 2.0, np.float32), (32,), "'threshold_sign' must hold only"),
+    (np.ones(16, np.float32), (16,), r"input 'threshold_sign' must have shape \(32,\)"),
+])
+def test_conv_op_rejects_bad_thresholds(sign, bias_shape, message):
+    with pytest.raises(mx.base.MXNetError, match=message):
+        mx.nd.bmx_binary_conv2d(mx.nd.zeros((1, 32, 5, 5)),
+                                mx.nd.zeros((8, 3, 3, 1), dtype="int32"), mx.nd.array(sign),
+                                mx.nd.zeros(bias_shape), kernel=(3, 3), num_filter=8,
+                                in_channels=32, pad=(1, 1), thresholds=True).wait_to_read()
