@@ -55,6 +55,7 @@ def plot_curves(rows, path):
     """Saves a PNG of loss (left) and top-1/top-5 accuracy (right) per epoch, train and val."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     figure = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(figure)
@@ -68,6 +69,7 @@ def plot_curves(rows, path):
             if points:
                 axes.plot(*zip(*points), marker="o", label=key.replace("_", " "))
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_title(title)
         axes.grid(alpha=0.3)
         if axes.lines:
