@@ -17,6 +17,9 @@ spends most of its time:
   convolution run in the stage's output buffer, its outputs written where the concat or the add
   would put them. A :class:`~bmxnet_ext.blocks.BinaryUnit` elsewhere becomes one
   ``bmx_binary_conv2d`` with thresholds.
+- **BatchNorm -> ReLU -> max pooling in one pass** (:class:`NormReluPool`, the stem's tail and
+  the transitions' head): the same float values as MXNet's three operators on a plain NCHW
+  input, checked on a probe before it replaces them.
 """
 import warnings
 from collections import OrderedDict
@@ -30,7 +33,7 @@ from .blocks import BinaryUnit, DenseBlock, ImprovementBlock
 from .converter import _OP_NODE_NAME, XnorConv2D
 from .layers import BinaryConvolution
 
-__all__ = ["fold_batchnorm", "XnorBinaryStage", "fuse_binary_units"]
+__all__ = ["fold_batchnorm", "XnorBinaryStage", "NormReluPool", "fuse_binary_units"]
 
 # Ordered keys of the float32 numbers (key order = value order, -0 just below +0).
 _SIGN_BIT = 0x80000000
@@ -232,6 +235,57 @@ class XnorBinaryStage(HybridBlock):
         return F.bmx_binary_stage(*inputs, name=_OP_NODE_NAME, **self._attrs)
 
 
+class NormReluPool(HybridBlock):
+    """``MaxPool(ReLU(BatchNorm(x)))`` (= ``ReLU(MaxPool(BatchNorm(x)))``) as one
+    ``bmx_norm_relu_pool`` operator, sharing the BatchNorm's parameters (same names in an
+    export). Built by :meth:`from_layers`."""
+
+    def __init__(self, norm, pool_kwargs, **kwargs):
+        super().__init__(prefix=norm.prefix, params=norm.params, **kwargs)
+        self._attrs = {"eps": norm._kwargs["eps"], "fix_gamma": norm._kwargs["fix_gamma"],
+                       "kernel": tuple(pool_kwargs["kernel"]),
+                       "stride": tuple(pool_kwargs["stride"]), "pad": tuple(pool_kwargs["pad"])}
+        with self.name_scope():
+            for name in ("gamma", "beta", "running_mean", "running_var"):
+                setattr(self, name, self.params.get(name))
+
+    @classmethod
+    def from_layers(cls, layers):
+        """The fused form of ``[BatchNorm, MaxPool2D, relu]`` or ``[BatchNorm, relu, MaxPool2D]``
+        (in that order in a HybridSequential), or None when they are something else or the fused
+        operator does not reproduce them exactly on a probe."""
+        if len(layers) != 3 or not isinstance(layers[0], nn.BatchNorm):
+            return None
+        norm, pools = layers[0], [b for b in layers[1:] if isinstance(b, nn.MaxPool2D)]
+        relus = [b for b in layers[1:] if isinstance(b, nn.Activation)
+                 and b._act_type == "relu"]
+        if (len(pools) != 1 or len(relus) != 1 or norm._kwargs.get("axis", 1) != 1
+                or norm.fuse_relu):
+            return None
+        pool = pools[0]._kwargs
+        if (pool.get("pool_type") != "max" or pool.get("global_pool")
+                or pool.get("pooling_convention", "valid") != "valid"
+                or pool.get("layout", "NCHW") not in ("NCHW", None)
+                or any(p >= k for p, k in zip(pool["pad"], pool["kernel"]))):
+            return None
+        block = cls(norm, pool)
+        channels = norm.gamma.shape[0]
+        probe = np.random.RandomState(0).standard_normal((2, channels, 13, 11)) * 2
+        probe = mx.nd.array(probe.astype(np.float32))
+        expected = probe
+        for layer in layers:
+            expected = layer(expected)
+        if not np.array_equal(block(probe).asnumpy(), expected.asnumpy()):
+            warnings.warn(f"{norm.name}: the fused BatchNorm -> ReLU -> max pooling does not "
+                          "reproduce MXNet's operators; keeping them", stacklevel=3)
+            return None
+        return block
+
+    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
+        return F.bmx_norm_relu_pool(x, gamma, beta, running_mean, running_var,
+                                    name=_OP_NODE_NAME, **self._attrs)
+
+
 def _stageable(block):
     return (isinstance(block, (DenseBlock, ImprovementBlock))
             and isinstance(block.unit, BinaryUnit))
@@ -246,10 +300,16 @@ def _fused_unit(unit):
 
 
 def _replace_runs(sequential):
-    """Replaces runs of dense / improvement blocks of a HybridSequential by stages."""
+    """Replaces runs of dense / improvement blocks of a HybridSequential by stages, and
+    BatchNorm, ReLU and max pooling next to each other by a NormReluPool."""
     children = list(sequential._children.values())
     merged, fused, i = [], 0, 0
     while i < len(children):
+        norm_pool = NormReluPool.from_layers(children[i:i + 3])
+        if norm_pool is not None:
+            merged.append(norm_pool)
+            i += 3
+            continue
         j = i
         while j < len(children) and _stageable(children[j]):
             j += 1

@@ -153,12 +153,23 @@ def test_fused_zoo_network_computes_what_the_unfused_one_does(zoo_pair, hybridiz
                                atol=1e-5 * np.abs(expected).max())
 
 
-def test_fused_meliusnet22_has_one_operator_per_stage():
-    net = _trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=32))
-    fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
+def test_fused_meliusnet22_has_one_operator_per_stage_and_transition():
+    net = _trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=64,
+                                            stem="grouped_stem"), shape=(1, 3, 64, 64))
+    fused = convert_to_xnor(net, input_shape=(1, 3, 64, 64), fuse=True)
     stages = _blocks(fused, fusion.XnorBinaryStage)
     assert [stage._units for stage in stages] == ["di" * 4, "di" * 5, "di" * 4, "di" * 4]
     assert [stage.out_channels for stage in stages] == [320, 480, 480, 512]
+    # the stem's tail and the three transitions' heads; the head's BatchNorm stays
+    assert len(_blocks(fused, fusion.NormReluPool)) == 4
+    assert len(_blocks(fused, nn.BatchNorm)) == 1 + 2  # head + the stem's first two
+    x = mx.nd.array(np.random.RandomState(6).standard_normal((1, 3, 64, 64)).astype(np.float32))
+    expected = convert_to_xnor(net, input_shape=(1, 3, 64, 64))(x).asnumpy()
+    np.testing.assert_allclose(fused(x).asnumpy(), expected, rtol=1e-5,
+                               atol=1e-5 * np.abs(expected).max())
+    params = fused.collect_params()
+    assert all(name in params for name in net.collect_params()
+               if "transition" in name and "batchnorm" in name)
 
 
 def test_fused_export_reloads_in_a_fresh_process(tmp_path):
@@ -226,6 +237,17 @@ def test_a_fold_that_does_not_verify_keeps_the_batchnorm(monkeypatch):
     with pytest.warns(UserWarning, match="do not fold into exact thresholds"):
         fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
     assert len(_blocks(fused, nn.BatchNorm)) == 2
+
+
+def test_a_norm_relu_pool_that_does_not_reproduce_keeps_the_operators(monkeypatch):
+    real = fusion.NormReluPool.hybrid_forward
+    monkeypatch.setattr(fusion.NormReluPool, "hybrid_forward",
+                        lambda self, F, x, *params: real(self, F, x, *params) + 1e-3)
+    net = _trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=32))
+    with pytest.warns(UserWarning, match="does not reproduce MXNet's operators"):
+        fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
+    assert not _blocks(fused, fusion.NormReluPool)
+    assert len(_blocks(fused, nn.MaxPool2D)) == 3
 
 
 # --- the fused operators against their compositions ----------------------------------------------
@@ -330,6 +352,47 @@ def test_stage_op_rejects_bad_input_with_a_message(name):
                            data_channels=attrs.pop("data_channels", None))
     with pytest.raises(mx.base.MXNetError, match=re.escape(message)):
         mx.nd.bmx_binary_stage(*inputs, **attrs).wait_to_read()
+
+
+NORM_POOLS = {
+    "transition": dict(shape=(2, 40, 12, 10), kernel=2, stride=2, pad=0),
+    "stem-tail": dict(shape=(1, 16, 15, 17), kernel=3, stride=2, pad=1),
+    "fixed-gamma": dict(shape=(1, 8, 9, 9), kernel=3, stride=1, pad=1, fix_gamma=True),
+    "epsilon": dict(shape=(3, 5, 8, 6), kernel=(2, 3), stride=(2, 1), pad=(1, 0), eps=0.25),
+}
+
+
+@pytest.mark.parametrize("name", list(NORM_POOLS))
+def test_norm_relu_pool_op_equals_mxnet_operators(name):
+    spec = dict(NORM_POOLS[name])
+    shape = spec.pop("shape")
+    pool = {key: spec.pop(key) for key in ("kernel", "stride", "pad")}
+    pool = {key: (v, v) if isinstance(v, int) else v for key, v in pool.items()}
+    rng = np.random.RandomState(7)
+    x = mx.nd.array(np.concatenate([rng.standard_normal(shape) * 3, np.zeros(shape)], axis=3)
+                    .astype(np.float32))
+    c = shape[1]
+    params = [mx.nd.array(v.astype(np.float32)) for v in (
+        rng.uniform(-2, 2, c), rng.uniform(-1, 1, c), rng.uniform(-1, 1, c),
+        rng.uniform(0.1, 2, c))]
+    norm = dict(eps=spec.get("eps", 1e-3), fix_gamma=spec.get("fix_gamma", False))
+    expected = mx.nd.Pooling(mx.nd.relu(mx.nd.BatchNorm(x, *params, **norm)), pool_type="max",
+                             **pool)
+    got = mx.nd.bmx_norm_relu_pool(x, *params, **norm, **pool)
+    np.testing.assert_array_equal(got.asnumpy(), expected.asnumpy())
+
+
+@pytest.mark.parametrize("attrs,message", [
+    (dict(kernel=(2, 2), pad=(2, 0)), "pad (2, 0) must be smaller than the kernel (2, 2)"),
+    (dict(kernel=(9, 9)), "the pooling window (9, 9) with pad (0, 0) does not fit"),
+    (dict(kernel=(2, 2), eps="-1"), "attribute eps='-1' must be a finite number >= 0"),
+    (dict(stride=(2, 2)), "attribute kernel is required"),
+    (dict(kernel=(2, 2), pool_type="avg"), "unknown attribute 'pool_type'"),
+])
+def test_norm_relu_pool_op_rejects_bad_input(attrs, message):
+    inputs = [mx.nd.zeros((1, 4, 6, 6))] + [mx.nd.ones((4,)) for _ in range(4)]
+    with pytest.raises(mx.base.MXNetError, match=re.escape(message)):
+        mx.nd.bmx_norm_relu_pool(*inputs, **attrs).wait_to_read()
 
 
 @pytest.mark.parametrize("sign,bias_shape,message", [
