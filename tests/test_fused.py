@@ -242,7 +242,7 @@ def test_a_fold_that_does_not_verify_keeps_the_batchnorm(monkeypatch):
 def test_a_norm_relu_pool_that_does_not_reproduce_keeps_the_operators(monkeypatch):
     real = fusion.NormReluPool.hybrid_forward
     monkeypatch.setattr(fusion.NormReluPool, "hybrid_forward",
-                        lambda self, F, x, *params: real(self, F, x, *params) + 1e-3)
+                        lambda self, F, x, **params: real(self, F, x, **params) + 1e-3)
     net = _trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=32))
     with pytest.warns(UserWarning, match="does not reproduce MXNet's operators"):
         fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
