@@ -21,13 +21,15 @@ activation : str
 clip_threshold : float
     Gradient window of ``det_sign``; MeliusNet trains with 1.3.
 """
+import numbers
+
 from mxnet.gluon import HybridBlock, nn
 
 from .layers import BinaryConvolution
 
 __all__ = ["BinaryUnit", "DenseBlock", "ImprovementBlock", "ChannelShuffle", "Transition",
            "Stem", "STEMS", "Head", "ResNetEBlock", "reduced_width", "resolve_stem",
-           "THUMBNAIL_MAX_INPUT", "FLOAT_ACTIVATION"]
+           "check_input_size", "THUMBNAIL_MAX_INPUT", "FLOAT_ACTIVATION"]
 
 # The activation that turns binary units into their full-precision twins.
 FLOAT_ACTIVATION = "relu"
@@ -266,12 +268,35 @@ class Stem(nn.HybridSequential):
         return x
 
 
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
 def resolve_stem(stem, input_size, default):
     """The stem name to build: ``stem`` if given, else ``"thumbnail"`` for inputs up to
-    :data:`THUMBNAIL_MAX_INPUT` pixels and ``default`` for larger ones."""
+    :data:`THUMBNAIL_MAX_INPUT` pixels and ``default`` for larger ones. Raises ValueError
+    unless ``input_size`` is a positive integer."""
+    _positive_int(input_size, "input_size")
     if stem is not None:
         return stem
     return "thumbnail" if input_size <= THUMBNAIL_MAX_INPUT else default
+
+
+def check_input_size(input_size, stem, feature_size, network):
+    """Raises ValueError when the feature map of ``network`` vanishes for ``input_size``.
+
+    ``feature_size(size)`` is the height of the last feature map (< 1 when it vanishes); the
+    message names the smallest input size that works.
+    """
+    if feature_size(input_size) >= 1:
+        return
+    smallest = next((size for size in range(1, 4097) if feature_size(size) >= 1), None)
+    hint = f"the smallest input it takes is {smallest}" if smallest else "use a larger input"
+    if stem != "thumbnail":
+        hint += " (or stem='thumbnail' for small images)"
+    raise ValueError(f"input_size={input_size} is too small for {network} with the {stem} stem "
+                     f"(the feature map vanishes): {hint}")
 
 
 class Head(HybridBlock):
@@ -281,6 +306,7 @@ class Head(HybridBlock):
     """
 
     def __init__(self, in_channels, classes, norm_layer=nn.BatchNorm, norm_kwargs=None, **kwargs):
+        _positive_int(classes, "classes")
         super().__init__(**kwargs)
         with self.name_scope():
             self.norm = _norm(norm_layer, norm_kwargs, in_channels)

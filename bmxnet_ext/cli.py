@@ -6,8 +6,9 @@ Subcommands:
   convert   convert a zoo network or an exported training graph to the packed xnor form
   predict   top-k classes of images with an exported (packed or float) network
 
-Errors a user can cause (an unknown model name, a bad argument) end with a one-line message and
-exit status 2, not a traceback.
+Errors a user can cause (an unknown model name, a bad argument, a missing or damaged file, an
+image that cannot be read, an input too large for memory) end with a one-line message and exit
+status 2, not a traceback.
 """
 import argparse
 import json
@@ -15,6 +16,9 @@ import os
 import sys
 import tempfile
 
+import mxnet as mx
+
+from .model_card import ModelFileError
 from .ops import OpsLibraryError
 
 
@@ -53,13 +57,37 @@ def _trained_network(source, args):
     kwargs = {"classes": args.classes, "input_size": args.input_size}
     net = model_zoo.get_model(source, pretrained=True if args.pretrained else None, **kwargs)
     if args.params:
-        net.load_parameters(args.params)
+        _load_weights(net, args.params, source, kwargs)
     elif not args.pretrained:
-        import mxnet as mx
         net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
         print(f"note: {source} has untrained (random) weights; pass --pretrained or --params "
               "FILE to convert trained ones")
     return net, source, {k: v for k, v in kwargs.items() if v is not None}, args.input_size
+
+
+def _load_weights(net, params_file, model, kwargs):
+    """``net.load_parameters`` with errors that say which file does not fit which network."""
+    from .model_card import read_params_file
+
+    names = set(read_params_file(params_file))  # a damaged or truncated file: its own message
+    built = ", ".join(f"{k}={v}" for k, v in kwargs.items() if v is not None) or "defaults"
+    if names and all(name.startswith(("arg:", "aux:")) for name in names):
+        raise ModelFileError(f"{params_file} was written by export(), not save_parameters(): "
+                             "convert the export prefix itself (bmxnet-ext convert PREFIX, "
+                             "with its PREFIX-model.json)")
+    expected = set(net._collect_params_with_prefix())
+    missing, extra = sorted(expected - names), sorted(names - expected)
+    if missing or extra:
+        raise ModelFileError(f"{params_file} does not fit {model} built with {built}: missing "
+                             f"{missing[:3]}, unexpected {extra[:3]}; pass the weights saved "
+                             "(save_parameters) from this network")
+    try:
+        net.load_parameters(params_file)
+    except (AssertionError, mx.base.MXNetError) as err:
+        detail = str(err).strip().splitlines()[0][:300]
+        raise ModelFileError(f"{params_file} does not fit {model} built with {built} ({detail}); "
+                             "pass the weights of a network built with the same --classes and "
+                             "model arguments") from err
 
 
 def _file_size(path):
@@ -67,11 +95,11 @@ def _file_size(path):
 
 
 def _cmd_convert(args):
-    import mxnet as mx
-
     from .converter import convert_to_xnor
     from .model_card import write_model_card
 
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out {args.out} exists and is not a directory")
     net, model, kwargs, size = _trained_network(args.source, args)
     shape = (1, 3, size, size)
     print(f"converting {model} (input {size}x{size}) to the packed xnor form ...")
@@ -94,7 +122,6 @@ def _cmd_convert(args):
 
 
 def _preprocess(path, size, mean, std):
-    import mxnet as mx
     import numpy as np
 
     if not os.path.isfile(path):
@@ -111,7 +138,6 @@ def _preprocess(path, size, mean, std):
 
 
 def _cmd_predict(args):
-    import mxnet as mx
     import numpy as np
 
     from .converter import load_xnor
@@ -125,9 +151,23 @@ def _cmd_predict(args):
     for path in args.images:
         x = _preprocess(path, card["input_size"], card["mean"], card["std"])
         probs = mx.nd.softmax(net(mx.nd.array(x))).asnumpy()[0]
+        if names and len(names) != probs.size:
+            raise ModelFileError(f"{args.prefix}-model.json has {len(names)} class names but the "
+                                 f"network has {probs.size} outputs; fix or remove class_names")
         top = np.argsort(-probs)[:args.topk]
         labels = [f"{names[i] if names else i} ({probs[i]:.3f})" for i in top]
         print(f"{path}: {', '.join(labels)}")
+
+
+def _positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {value}")
+    return value
 
 
 def _parser():
@@ -152,8 +192,9 @@ def _parser():
                                       "parameters, size by the paper's accounting, BOPs, FLOPs "
                                       "and OPs = BOPs/64 + FLOPs.")
     summ.add_argument("name", help="model name, see bmxnet_ext.model_zoo.list_models()")
-    summ.add_argument("--input-size", type=int, default=224, help="input height = width")
-    summ.add_argument("--classes", type=int, default=1000, help="number of classes")
+    summ.add_argument("--input-size", type=_positive_int, default=224,
+                      help="input height = width")
+    summ.add_argument("--classes", type=_positive_int, default=1000, help="number of classes")
     summ.add_argument("--stem", default=None, help="stem override: grouped_stem, imagenet, "
                                                    "thumbnail")
     summ.add_argument("--json", action="store_true", help="print the totals as JSON only")
@@ -169,8 +210,10 @@ def _parser():
     conv.add_argument("--out", required=True, metavar="DIR", help="output directory")
     conv.add_argument("--params", metavar="FILE", help="weights saved by save_parameters")
     conv.add_argument("--pretrained", action="store_true", help="weights from the model store")
-    conv.add_argument("--classes", type=int, default=None, help="number of classes (zoo name)")
-    conv.add_argument("--input-size", type=int, default=224, help="input height = width")
+    conv.add_argument("--classes", type=_positive_int, default=None,
+                      help="number of classes (zoo name)")
+    conv.add_argument("--input-size", type=_positive_int, default=224,
+                      help="input height = width")
     conv.set_defaults(func=_cmd_convert)
 
     pred = sub.add_parser("predict", help="classify images with an exported network",
@@ -179,11 +222,16 @@ def _parser():
                                       "with class names when PREFIX-model.json has them.")
     pred.add_argument("prefix", metavar="PREFIX", help="export prefix")
     pred.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
-    pred.add_argument("--topk", type=int, default=5, help="classes to show (default: 5)")
-    pred.add_argument("--input-size", type=int, default=None,
+    pred.add_argument("--topk", type=_positive_int, default=5,
+                      help="classes to show (default: 5)")
+    pred.add_argument("--input-size", type=_positive_int, default=None,
                       help="input size when PREFIX-model.json is absent (default: 224)")
     pred.set_defaults(func=_cmd_predict)
     return parser
+
+
+def _one_line(message):
+    return " ".join(str(message).split())
 
 
 def main(argv=None):
@@ -191,9 +239,19 @@ def main(argv=None):
     args = _parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, KeyError, FileNotFoundError, OpsLibraryError) as err:
+    except (ValueError, KeyError, OSError, OpsLibraryError) as err:
+        # ModelFileError is a ValueError; OSError covers missing, unreadable and unwritable files
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"bmxnet-ext {args.command}: error: {message}", file=sys.stderr)
+        print(f"bmxnet-ext {args.command}: error: {_one_line(message)}", file=sys.stderr)
+        return 2
+    except MemoryError as err:
+        print(f"bmxnet-ext {args.command}: error: not enough memory ({_one_line(err)}); use a "
+              "smaller --input-size or batch", file=sys.stderr)
+        return 2
+    except mx.base.MXNetError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        print(f"bmxnet-ext {args.command}: error: MXNet: {lines[-1] if lines else err}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"bmxnet-ext {args.command}: interrupted", file=sys.stderr)

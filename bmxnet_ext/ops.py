@@ -5,6 +5,9 @@ that the ``bmx_*`` operators are available as ``mx.nd.bmx_*``, ``mx.sym.bmx_*`` 
 A missing or incompatible library does not break the import (training needs no custom op): the
 reason is kept, :func:`available` says False, and every use of an op raises
 :class:`OpsLibraryError` explaining how to rebuild.
+
+The environment variable ``BMXNET_OPS_LIBRARY`` names another build of the library to load
+instead of the installed one (the sanitizer job loads an AddressSanitizer build this way).
 """
 import os
 import threading
@@ -14,12 +17,21 @@ import mxnet as mx
 __all__ = ["LIBRARY_PATH", "OpsLibraryError", "load_library", "available", "require",
            "sign_pack"]
 
-LIBRARY_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libbmxnet_ops.so")
+INSTALLED_LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libbmxnet_ops.so")
+LIBRARY_PATH = os.environ.get("BMXNET_OPS_LIBRARY") or INSTALLED_LIBRARY
 _REBUILD = ("Rebuild it from the bmxnet_ext source tree with `pip install .` (or "
             "`pip install -e .`) in the environment whose MXNet 1.9.1 you use.")
 
 _lock = threading.Lock()
 _state = {"loaded": False, "error": None}
+
+
+def _advice(path):
+    named = os.environ.get("BMXNET_OPS_LIBRARY")
+    if named and os.path.abspath(named) == os.path.abspath(path):
+        return ("It was named by the environment variable BMXNET_OPS_LIBRARY: point it at a "
+                "built libbmxnet_ops.so, or unset it to use the installed one.")
+    return _REBUILD
 
 
 class OpsLibraryError(RuntimeError):
@@ -31,13 +43,15 @@ def load_library(path=LIBRARY_PATH):
     with _lock:
         if _state["loaded"] or _state["error"] is not None:
             return _state["loaded"]
-        if not os.path.exists(path):
-            _state["error"] = f"the op library {path} does not exist. {_REBUILD}"
+        if not os.path.isfile(path):
+            problem = "is a directory" if os.path.isdir(path) else "does not exist"
+            _state["error"] = f"the op library {path} {problem}. {_advice(path)}"
             return False
         try:
             mx.library.load(os.path.abspath(path), verbose=False)
         except mx.base.MXNetError as err:
-            _state["error"] = f"MXNet {mx.__version__} could not load {path}: {err}. {_REBUILD}"
+            _state["error"] = (f"MXNet {mx.__version__} could not load {path}: {err}. "
+                               f"{_advice(path)}")
             return False
         _state["loaded"] = True
         return True

@@ -10,7 +10,7 @@ the spec: ``classes``, ``stem``, ``input_size``, ``activation``, ``clip_threshol
 from mxnet.gluon import HybridBlock, nn
 
 from bmxnet_ext.blocks import (DenseBlock, Head, ImprovementBlock, Stem, Transition,
-                               reduced_width, resolve_stem)
+                               check_input_size, reduced_width, resolve_stem)
 from bmxnet_ext.model_store import load_pretrained
 
 from ._registry import no_pretrained_weights, register_model
@@ -95,7 +95,7 @@ class MeliusNet(HybridBlock):
             self.features = nn.HybridSequential(prefix="")
             stem_block = Stem(self.stem_name, prefix="stem_", **norm)
             self.features.add(stem_block)
-            size, channels = stem_block.output_size(input_size), Stem.out_channels
+            channels = Stem.out_channels
             for i, num_blocks in enumerate(blocks):
                 stage = nn.HybridSequential(prefix=f"stage{i + 1}_")
                 stage_in = channels
@@ -115,12 +115,12 @@ class MeliusNet(HybridBlock):
                 self.features.add(Transition(channels, width, groups=transition_groups,
                                              prefix=f"transition{i + 1}_", **norm))
                 transitions.append((channels, width))
-                channels, size = width, size // 2
+                channels = width
             self.head = Head(channels, classes, prefix="head_", **norm)
-        if size < 1:
-            raise ValueError(f"input_size={input_size} is too small for the {self.stem_name} "
-                             f"stem and {len(transitions)} transitions (the feature map "
-                             "vanishes); use a larger input or stem='thumbnail'")
+        halvings = 2 ** len(transitions)
+        check_input_size(input_size, self.stem_name,
+                         lambda size: stem_block.output_size(size) // halvings,
+                         f"{type(self).__name__} with {len(transitions)} transitions")
         self.stage_channels, self.transitions = tuple(stage_channels), tuple(transitions)
 
     def hybrid_forward(self, F, x):

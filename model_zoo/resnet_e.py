@@ -10,7 +10,7 @@ arguments of :class:`ResNetE` other than ``blocks``.
 """
 from mxnet.gluon import HybridBlock, nn
 
-from bmxnet_ext.blocks import Head, ResNetEBlock, Stem, resolve_stem
+from bmxnet_ext.blocks import Head, ResNetEBlock, Stem, check_input_size, resolve_stem
 from bmxnet_ext.model_store import load_pretrained
 
 from ._registry import register_model
@@ -80,9 +80,22 @@ class ResNetE(HybridBlock):
                 channels = width
             self.head = Head(channels, classes, prefix="head_", **norm)
         self.stage_channels = tuple(stage_channels)
+        stem_block = self.features[0]
+        check_input_size(input_size, self.stem_name,
+                         lambda size: _feature_size(stem_block.output_size(size), len(blocks)),
+                         type(self).__name__)
 
     def hybrid_forward(self, F, x):
         return self.head(self.features(x))
+
+
+def _feature_size(size, stages):
+    """Height after the stages; 0 where a downsampling shortcut's 2x2 pool no longer fits."""
+    for _ in range(stages - 1):
+        if size < 2:
+            return 0
+        size = (size + 1) // 2  # ceil: the 3x3/2 convolution with padding 1
+    return size
 
 
 def _resnet_e(name, pretrained=False, root=None, ctx=None, **kwargs):
