@@ -18,6 +18,24 @@ namespace avx512_isa {
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512bw,avx512vl,avx512vpopcntdq")
 
+// 16 pixels' words: one compare into a mask and one masked OR per channel.
+#define BMX_ISA_HAS_PACK16 1
+template <bool kThresholds>
+inline void pack16(const float* x, int64_t channel_stride, int bits, const float* sign,
+                   const float* bias, uint32_t* dst) {
+  __m512i acc = _mm512_setzero_si512();
+  for (int b = 0; b < bits; ++b, x += channel_stride) {
+    const __m512 v = _mm512_loadu_ps(x);
+    // _CMP_GE_OQ: false for NaN, as x >= t in C++.
+    const __mmask16 set =
+        kThresholds ? _mm512_cmp_ps_mask(_mm512_mul_ps(v, _mm512_set1_ps(sign[b])),
+                                         _mm512_set1_ps(bias[b]), _CMP_GE_OQ)
+                    : _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_GE_OQ);
+    acc = _mm512_mask_or_epi32(acc, set, acc, _mm512_set1_epi32(static_cast<int>(1u << b)));
+  }
+  _mm512_storeu_si512(dst, acc);
+}
+
 #include "kernels/conv_isa_impl.h"
 
 constexpr int kVectors = 4;
@@ -79,6 +97,63 @@ void tile_any(const TileArgs& a) {
   }
 }
 
+// Writes a tile straight from its 16-lane count vectors with masked stores: the lanes of one
+// vector that fall on one output row are consecutive in the output too, so each (vector, row)
+// piece is one masked store at the address of the vector's lane 0 shifted to that row.
+void finish(const FinishArgs& f) {
+  if (f.pixel_stride != 1 || f.lanes != kLanes) {
+    impl::finish(f);
+    return;
+  }
+  struct Piece {
+    int vector;
+    __mmask16 mask;
+    int64_t offset;  // output index of the vector's lane 0, as if the row continued
+  };
+  Piece pieces[kLanes];
+  int n = 0;
+  for (int v = 0; v < kVectors; ++v) {
+    const int64_t q0 = f.first_lane + 16 * v;
+    int64_t y = q0 / f.plane_w, x = q0 % f.plane_w;
+    for (int lane = 0; lane < 16 && y < f.out_h;) {
+      const int run = static_cast<int>(f.plane_w - x < 16 - lane ? f.plane_w - x : 16 - lane);
+      const int valid = static_cast<int>(x < f.out_w ? (f.out_w - x < run ? f.out_w - x : run) : 0);
+      if (valid > 0) {
+        pieces[n].vector = v;
+        pieces[n].mask = static_cast<__mmask16>(((1u << valid) - 1u) << lane);
+        pieces[n].offset = y * f.out_w + x - lane;
+        ++n;
+      }
+      lane += run;
+      ++y;
+      x = 0;
+    }
+  }
+  const __m512i fan_in = _mm512_set1_epi32(static_cast<int>(f.fan_in));
+  for (int c = 0; c < f.channels; ++c) {
+    float* out = f.out + c * f.channel_stride;
+    __m512 values[kVectors];
+    for (int v = 0; v < kVectors; ++v) {
+      const __m512i counts = _mm512_loadu_si512(f.counts + c * kLanes + 16 * v);
+      if (f.mode == OutputMode::kAgreements) {
+        values[v] = _mm512_cvtepi32_ps(_mm512_sub_epi32(fan_in, counts));
+      } else {
+        values[v] = _mm512_cvtepi32_ps(
+            _mm512_sub_epi32(fan_in, _mm512_add_epi32(counts, counts)));
+        if (f.mode == OutputMode::kScaledDot) {
+          values[v] = _mm512_mul_ps(values[v], _mm512_set1_ps(f.scale[c]));
+        }
+      }
+    }
+    for (int i = 0; i < n; ++i) {
+      float* at = out + pieces[i].offset;
+      __m512 value = values[pieces[i].vector];
+      if (f.accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(pieces[i].mask, at), value);
+      _mm512_mask_storeu_ps(at, pieces[i].mask, value);
+    }
+  }
+}
+
 #pragma GCC pop_options
 
 }  // namespace avx512_isa
@@ -87,7 +162,7 @@ void tile_any(const TileArgs& a) {
 const IsaKernels* avx512_kernels() {
   static const IsaKernels kernels{"avx512-vpopcntdq", avx512_isa::kLanes, avx512_isa::kChannels,
                                   1, nullptr, avx512_isa::tile_any, avx512_isa::impl::pack,
-                                  avx512_isa::impl::finish};
+                                  avx512_isa::finish};
   return &kernels;
 }
 

@@ -24,6 +24,23 @@ inline void fill_words(uint32_t* dst, int64_t n, uint32_t value) {
 typedef float F32x16 __attribute__((vector_size(64)));
 typedef int32_t I32x16 __attribute__((vector_size(64)));
 
+#ifndef BMX_ISA_HAS_PACK16
+// The words of 16 consecutive pixels (see pack_span). An instruction set may bring its own
+// (define BMX_ISA_HAS_PACK16 and pack16 before including this file).
+template <bool kThresholds>
+inline void pack16(const float* x, int64_t channel_stride, int bits, const float* sign,
+                   const float* bias, uint32_t* dst) {
+  I32x16 acc = {};
+  for (int b = 0; b < bits; ++b, x += channel_stride) {
+    F32x16 v;
+    std::memcpy(&v, x, sizeof v);
+    const I32x16 set = kThresholds ? (v * sign[b] >= bias[b]) : (v >= 0.0f);
+    acc |= set & static_cast<int32_t>(1u << b);
+  }
+  std::memcpy(dst, &acc, sizeof acc);
+}
+#endif
+
 // dst[i] = the bits of `bits` channels at pixel i < count, channel b of pixel i at
 // x[b * channel_stride + i]: bit = x >= 0, or sign[b] * x >= bias[b] with thresholds (exact:
 // sign is +1, -1 or 0; NaN compares false, i.e. -1). Vectors of 16 pixels; the last one overlaps
@@ -45,15 +62,7 @@ inline void pack_span(const float* x, int64_t channel_stride, int bits, const fl
   }
   for (int64_t i = 0;; i += 16) {
     if (i + 16 > count) i = count - 16;
-    const float* src = x + i;
-    I32x16 acc = {};
-    for (int b = 0; b < bits; ++b, src += channel_stride) {
-      F32x16 v;
-      std::memcpy(&v, src, sizeof v);
-      const I32x16 set = kThresholds ? (v * sign[b] >= bias[b]) : (v >= 0.0f);
-      acc |= set & static_cast<int32_t>(1u << b);
-    }
-    std::memcpy(dst + i, &acc, sizeof acc);
+    pack16<kThresholds>(x + i, channel_stride, bits, sign, bias, dst + i);
     if (i + 16 >= count) break;
   }
 }
