@@ -3,12 +3,47 @@
 #include <cctype>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <sstream>
 
 using mxnet::ext::MXDType;
 
+namespace {
+
+// lib_api.h keeps the error list private and offers no way to clear it; an explicit template
+// instantiation may name a private member (C++ [temp.spec]/6), which gives us a reference.
+using ErrorList = std::vector<std::stringstream*>;
+
+template <ErrorList mxnet::ext::MXerrorMsgs::*List>
+struct ErrorListAccess {
+  friend ErrorList& error_list(mxnet::ext::MXerrorMsgs* errors) { return errors->*List; }
+};
+template struct ErrorListAccess<&mxnet::ext::MXerrorMsgs::messages>;
+ErrorList& error_list(mxnet::ext::MXerrorMsgs* errors);
+
+}  // namespace
+
 namespace bmx {
 namespace ops {
+
+std::stringstream& fresh_error_message(const char* file, int line) {
+  static std::mutex mutex;
+  std::lock_guard<std::mutex> lock(mutex);
+  ErrorList& list = error_list(mxnet::ext::MXerrorMsgs::get());
+  auto* message = new std::stringstream();
+  *message << file << "[" << line << "]: ";
+  // The earlier messages were read when their call failed. Their streams are not deleted: a
+  // failure in another thread may still be reading them (a few hundred bytes per failure).
+  // Replacing the first entry and shrinking never reallocates, so such a reader sees a valid
+  // list throughout.
+  if (list.empty()) {
+    list.push_back(message);
+  } else {
+    list[0] = message;
+    list.resize(1);
+  }
+  return *message;
+}
 
 bool check_attr_names(const char* op, const Attrs& attrs, const std::vector<std::string>& known) {
   for (const auto& kv : attrs) {
