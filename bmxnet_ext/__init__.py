@@ -12,7 +12,7 @@ if not _mx.__version__.startswith("1.9."):
     raise ImportError(f"bmxnet_ext needs MXNet 1.9.x, found {_mx.__version__}; "
                       "pip install mxnet==1.9.1 (or the mxnet-cuXXX==1.9.1 wheel for your CUDA)")
 
-from . import layers, ops, quantizers  # noqa: E402
+from . import layers, ops, optim, quantizers  # noqa: E402  (optim registers 'radam')
 from .layers import BinaryConvolution, QActivation, QConv2D, QDense  # noqa: E402
 from .ops import OpsLibraryError  # noqa: E402
 
