@@ -218,7 +218,9 @@ def test_conv_attribute_text_is_parsed_or_refused_with_a_message(key, text):
                                      mx.sym.var("weight", shape=(0, 0, 0, 0)), **attrs)
         y.infer_shape(data=(1, 8, 6, 6))
     except mx.base.MXNetError as err:
-        assert "bmx_binary_conv2d: " in str(err)
+        # ours name the op and attribute; MXNet's own (scaling=True without a scale input:
+        # "Not enough argument to call operator bmx_binary_conv2d") name the op
+        assert "bmx_binary_conv2d" in str(err)
 
 
 @FUZZ
@@ -230,7 +232,9 @@ def test_absurd_shapes_are_inferred_exactly_or_refused_as_too_large(n, c, h, w, 
     out_h, out_w = _out_size(h, 3, pad, 1, stride), _out_size(w, 3, pad, 1, stride)
     try:
         _, (out,), _ = y.infer_shape(data=(n, c, h, w))
-    except mx.base.MXNetError as err:
-        assert ("is too large" in str(err) or "does not fit" in str(err)), str(err)[-500:]
+    except Exception as err:  # MXNet's own size check raises a bare Exception
+        message = str(err)
+        assert ("is too large" in message or "does not fit" in message
+                or "larger than 2^31 elements" in message), message[-500:]
         return
     assert out == (n, 4, out_h, out_w)
