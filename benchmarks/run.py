@@ -7,8 +7,9 @@ repeats:
   (a) layers: every distinct binary-layer shape of MeliusNet22 at 224x224, our bmx_binary_conv2d
       on each instruction-set path (AVX-512 VPOPCNTDQ, AVX2, scalar) against MXNet's fp32
       Convolution on the same shape: ratio per layer and summed, binary MACs per cycle per core,
-      batch 1 and 8, 1 and 2 threads. Each op runs inside a hybridized graph (4 copies, each
-      with its own weights, timed together), as it does in a network;
+      batch 1 and 8, 1 and 2 threads. Each op runs inside a hybridized graph, as it does in a
+      network: copies of it, each with its own weights, timed together (as many as make ~5 ms,
+      2 to 32, so that Python's call into the graph does not count against small layers);
   (b) end to end: float and packed zoo networks (packed as convert_to_xnor makes them, and with
       fuse=True) and gluoncv's fp32 MobileNet v1 (1.0 / 0.75 / 0.5), all hybridized with static
       memory, batch 1 and 8, 1 and 2 threads.
@@ -37,7 +38,8 @@ import numpy as np
 HERE = os.path.dirname(os.path.abspath(__file__))
 FLOAT_REFERENCES = ["mobilenet1.0", "mobilenet0.75", "mobilenet0.5"]
 ISAS = ["avx512", "avx2", "scalar"]
-COPIES = 4  # ops per timed graph in the layer measurements
+GRAPH_MS = 5.0  # the layer measurements time graphs of about this length
+MAX_COPIES = 32
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -122,27 +124,33 @@ def work_layers(kind, batch, threads, repeats):
     rows = []
     for (c, h, w, o, k, s, p, d, g), count in sorted(_binary_layer_shapes(mx).items()):
         x = mx.nd.array(rng.standard_normal((batch, c, h, w)).astype(np.float32))
-        latent = [rng.standard_normal((o, c // g, k, k)).astype(np.float32)
-                  for _ in range(COPIES)]
         geometry = dict(kernel=(k, k), stride=(s, s), pad=(p, p), dilate=(d, d), num_group=g,
                         num_filter=o)
-        if kind == "binary":
-            weights = [kernels.pack_conv_weights(lw, g) for lw in latent]
-            graph = _layer_graph(mx, "bmx_binary_conv2d", weights,
-                                 dict(geometry, in_channels=c))
-        else:
-            weights = [np.where(lw >= 0, 1.0, -1.0).astype(np.float32) for lw in latent]
-            graph = _layer_graph(mx, "Convolution", weights, dict(geometry, no_bias=True))
 
-        def run():
-            for y in graph(x):
-                y.wait_to_read()
+        def graph_of(copies):
+            latent = [rng.standard_normal((o, c // g, k, k)).astype(np.float32)
+                      for _ in range(copies)]
+            if kind == "binary":
+                return _layer_graph(mx, "bmx_binary_conv2d",
+                                    [kernels.pack_conv_weights(lw, g) for lw in latent],
+                                    dict(geometry, in_channels=c))
+            return _layer_graph(mx, "Convolution",
+                                [np.where(lw >= 0, 1.0, -1.0).astype(np.float32)
+                                 for lw in latent], dict(geometry, no_bias=True))
 
-        median, minimum = _timed_ms(run, repeats)
+        def timed(graph, times):
+            def run():
+                for y in graph(x):
+                    y.wait_to_read()
+            return _timed_ms(run, times, warmup=2)
+
+        estimate = timed(graph_of(2), 2)[1] / 2
+        copies = int(min(MAX_COPIES, max(2, round(GRAPH_MS / max(estimate, 1e-3)))))
+        median, minimum = timed(graph_of(copies), repeats)
         out_h = (h + 2 * p - d * (k - 1) - 1) // s + 1
         out_w = (w + 2 * p - d * (k - 1) - 1) // s + 1
         rows.append({"shape": f"{c}x{h}x{w} -> {o}, {k}x{k}/{s}", "count": count,
-                     "ms": median / COPIES, "min_ms": minimum / COPIES,
+                     "ms": median / copies, "min_ms": minimum / copies, "copies": copies,
                      "macs": batch * o * out_h * out_w * (c // g) * k * k})
     return {"rows": rows, "kernel": kernels.kernel_name() if kind == "binary" else "oneDNN fp32"}
 
