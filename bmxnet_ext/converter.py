@@ -9,8 +9,6 @@ input before it is returned: a converted network never computes something else.
 import copy
 import json
 import os
-import threading
-import types
 import warnings
 
 import mxnet as mx
@@ -28,12 +26,6 @@ __all__ = ["XnorConv2D", "XnorDense", "ConversionError", "convert_to_xnor", "loa
 # Node names of the packed operators carry this hint: MXNet names the failing node when it cannot
 # find an operator, so loading an exported packed model without `import bmxnet_ext` says what to do.
 _OP_NODE_NAME = "fwd__load_with_import_bmxnet_ext"
-
-# Gluon 1.9 builds a hybridized block's graph on its first call with no lock, through name scopes
-# shared by all threads: two threads making that first call at once break it (AttributeError,
-# or MXNet "Graph attr dependency shape is required"). Networks returned here build it under this
-# lock; once built, calls run concurrently.
-_GRAPH_BUILD_LOCK = threading.Lock()
 
 
 class ConversionError(ValueError):
@@ -260,23 +252,7 @@ def convert_to_xnor(net, input_shape=None, verify=True, seed=0, fuse=False):
         raise ConversionError(f"{net.name} has no binary unit to convert")
     if verify:
         _verify(net, converted, shape, seed)
-    _guard_graph_building(converted)
     return converted
-
-
-def _call_cached_op_guarded(block, *args):
-    if block._cached_op is None:
-        with _GRAPH_BUILD_LOCK:
-            if block._cached_op is None:
-                block._build_cache(*args)
-    return type(block)._call_cached_op(block, *args)
-
-
-def _guard_graph_building(block):
-    """Makes the first (graph-building) call of hybridized ``block`` safe from several threads;
-    see _GRAPH_BUILD_LOCK. A bound method, so copies of the block are guarded for themselves."""
-    object.__setattr__(block, "_call_cached_op",
-                       types.MethodType(_call_cached_op_guarded, block))
 
 
 def _verify(net, converted, shape, seed):
@@ -387,5 +363,4 @@ def load_xnor(prefix, epoch=0, ctx=mx.cpu()):
         warnings.simplefilter("ignore", UserWarning)
         block = gluon.SymbolBlock(symbol, mx.sym.var("data"))
         block.collect_params().load_dict(params, ctx=ctx, cast_dtype=True, dtype_source="saved")
-    _guard_graph_building(block)
     return block
