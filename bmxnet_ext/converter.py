@@ -9,6 +9,8 @@ input before it is returned: a converted network never computes something else.
 import copy
 import json
 import os
+import threading
+import types
 import warnings
 
 import mxnet as mx
@@ -26,6 +28,14 @@ __all__ = ["XnorConv2D", "XnorDense", "ConversionError", "convert_to_xnor", "loa
 # Node names of the packed operators carry this hint: MXNet names the failing node when it cannot
 # find an operator, so loading an exported packed model without `import bmxnet_ext` says what to do.
 _OP_NODE_NAME = "fwd__load_with_import_bmxnet_ext"
+
+# MXNet 1.9.1 deadlocks when several Python threads push operators at once: threads calling one
+# hybridized block (even a float one with no bmx_* operator), or each its own non-hybridized
+# network, end up waiting in WaitForVar for an operator the engine never runs. Networks returned
+# here push a call's operators under this lock; the engine still computes calls concurrently, and
+# waiting for the outputs (asnumpy, wait_to_read) happens outside it. Reentrant: a guarded
+# network may call another.
+_PUSH_LOCK = threading.RLock()
 
 
 class ConversionError(ValueError):
@@ -228,7 +238,8 @@ def convert_to_xnor(net, input_shape=None, verify=True, seed=0, fuse=False):
     -------
     HybridBlock
         The converted network (hybridizable and exportable; reload exports with
-        :func:`load_xnor`).
+        :func:`load_xnor`). Several threads may call it at once: calls push their operators one
+        at a time (MXNet 1.9.1 deadlocks on concurrent pushes) and compute concurrently.
 
     Raises
     ------
@@ -252,7 +263,19 @@ def convert_to_xnor(net, input_shape=None, verify=True, seed=0, fuse=False):
         raise ConversionError(f"{net.name} has no binary unit to convert")
     if verify:
         _verify(net, converted, shape, seed)
+    _serialize_pushes(converted)
     return converted
+
+
+def _forward_under_push_lock(block, *args):
+    with _PUSH_LOCK:
+        return type(block).forward(block, *args)
+
+
+def _serialize_pushes(block):
+    """Lets several threads call ``block``: each call pushes its operators under _PUSH_LOCK.
+    A bound method in the instance, so a (deep) copy of the block is guarded too."""
+    object.__setattr__(block, "forward", types.MethodType(_forward_under_push_lock, block))
 
 
 def _verify(net, converted, shape, seed):
@@ -330,6 +353,8 @@ def load_xnor(prefix, epoch=0, ctx=mx.cpu()):
     damaged or truncated file, a params file of another network, a symbol file written for
     another version of the operators, or a params file that does not match the SHA-256 its
     model card (``{prefix}-model.json``, if any) recorded.
+
+    Several threads may call the returned block at once, as with :func:`convert_to_xnor`.
     """
     symbol_file = f"{prefix}-symbol.json"
     params_file = f"{prefix}-{epoch:04d}.params"
@@ -363,4 +388,5 @@ def load_xnor(prefix, epoch=0, ctx=mx.cpu()):
         warnings.simplefilter("ignore", UserWarning)
         block = gluon.SymbolBlock(symbol, mx.sym.var("data"))
         block.collect_params().load_dict(params, ctx=ctx, cast_dtype=True, dtype_source="saved")
+    _serialize_pushes(block)
     return block
