@@ -1,18 +1,29 @@
-"""Speed and size of packed binary networks against their float forms and float MobileNet v1.
+"""Speed of packed binary networks against their float forms and float MobileNet v1 on this CPU.
 
 One command measures everything in one run, each configuration in its own process (MXNet reads
-OMP_NUM_THREADS once, at start-up), with warm-up and the median of repeats:
+OMP_NUM_THREADS once, at start-up; BMXNET_ISA picks the kernels), with warm-up and the median of
+repeats:
 
   (a) layers: every distinct binary-layer shape of MeliusNet22 at 224x224, our bmx_binary_conv2d
-      against MXNet's fp32 Convolution on the same shape; ratio per layer and summed, binary MACs
-      per cycle per core;
-  (b) end to end: packed vs float zoo networks and gluoncv's fp32 MobileNet v1 (1.0 / 0.75 / 0.5),
-      all hybridized with static memory.
+      on each instruction-set path (AVX-512 VPOPCNTDQ, AVX2, scalar) against MXNet's fp32
+      Convolution on the same shape: ratio per layer and summed, binary MACs per cycle per core,
+      batch 1 and 8, 1 and 2 threads. Each op runs inside a hybridized graph, as it does in a
+      network: copies of it, each with its own weights, timed together (as many as make ~5 ms,
+      2 to 32, so that Python's call into the graph does not count against small layers);
+  (b) end to end: float and packed zoo networks (packed as convert_to_xnor makes them, and with
+      fuse=True) and gluoncv's fp32 MobileNet v1 (1.0 / 0.75 / 0.5), all hybridized with static
+      memory, batch 1 and 8, 1 and 2 threads.
 
-It writes ``results.md`` (Markdown tables), ``results.json`` and ``latency.png`` to ``--out``.
+It writes ``results.md`` (Markdown tables, the targets of issue 5 included), ``results.json`` and
+``latency.png`` to ``--out``.
 
-    python benchmarks/run.py                     # the full matrix (several minutes)
-    python benchmarks/run.py --quick             # batch 1, 1 thread, MeliusNet22 + MobileNets
+    python benchmarks/run.py                     # the full matrix (tens of minutes)
+    python benchmarks/run.py --quick             # batch 1, 1 thread, best ISA, MeliusNet22
+
+Timings on a shared machine vary with what else runs: the JSON keeps the load average around each
+measurement and the minimum next to the median. Cycles: a VM's /proc/cpuinfo gives the nominal
+clock; the harness also measures the clock (dependent additions) and divides by the larger of the
+two, so MACs/cycle are never flattered by a clock set too low.
 """
 import argparse
 import json
@@ -26,11 +37,15 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FLOAT_REFERENCES = ["mobilenet1.0", "mobilenet0.75", "mobilenet0.5"]
+ISAS = ["avx512", "avx2", "scalar"]
+GRAPH_MS = 5.0  # the layer measurements time graphs of about this length
+MAX_COPIES = 32
 
 
 # ----------------------------------------------------------------------------- worker side
 
-def _median_ms(fn, repeats, warmup=3):
+def _timed_ms(fn, repeats, warmup=3):
+    """(median, minimum) wall time of fn() in milliseconds."""
     for _ in range(warmup):
         fn()
     times = []
@@ -38,11 +53,11 @@ def _median_ms(fn, repeats, warmup=3):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return 1000.0 * float(np.median(times))
+    return 1000.0 * float(np.median(times)), 1000.0 * float(np.min(times))
 
 
 def _binary_layer_shapes(mx, size=224):
-    """Distinct (C_in, H, W, C_out, kernel, stride, pad, dilate, groups) of MeliusNet22."""
+    """Distinct (C_in, H, W, C_out, kernel, stride, pad, dilate, groups) of MeliusNet22 -> count."""
     from bmxnet_ext.layers import BinaryConvolution
     from bmxnet_ext.model_zoo import get_model
 
@@ -71,16 +86,35 @@ def _binary_layer_shapes(mx, size=224):
     return counts
 
 
-def _cpu_mhz():
-    try:
-        with open("/proc/cpuinfo") as f:
-            mhz = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
-        return max(mhz) if mhz else None
-    except OSError:
-        return None
+def _layer_graph(mx, op, weights, attrs):
+    """A hybridized block applying ``op`` to its input once per weight array (no two alike, so
+    MXNet cannot merge them), returning all outputs."""
+    from mxnet import gluon
+
+    class Copies(gluon.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            with self.name_scope():
+                for i, w in enumerate(weights):
+                    setattr(self, f"w{i}", self.params.get(
+                        f"w{i}", shape=w.shape, dtype=w.dtype, grad_req="null",
+                        init=mx.init.Constant(0)))
+
+        def hybrid_forward(self, F, x, **params):
+            return tuple(getattr(F, op)(x, params[f"w{i}"], **attrs)
+                         for i in range(len(weights)))
+
+    block = Copies()
+    block.initialize()
+    for i, w in enumerate(weights):
+        getattr(block, f"w{i}").set_data(mx.nd.array(w, dtype=w.dtype))
+    block.hybridize(static_alloc=True, static_shape=True)
+    return block
 
 
-def work_layers(batch, threads, repeats):
+def work_layers(kind, batch, threads, repeats):
+    """Per distinct layer: median/min ms of one op (`kind` "binary": bmx_binary_conv2d on the
+    path BMXNET_ISA selects; "float": fp32 Convolution)."""
     import mxnet as mx
 
     import bmxnet_ext  # noqa: F401  (loads the ops)
@@ -90,27 +124,43 @@ def work_layers(batch, threads, repeats):
     rows = []
     for (c, h, w, o, k, s, p, d, g), count in sorted(_binary_layer_shapes(mx).items()):
         x = mx.nd.array(rng.standard_normal((batch, c, h, w)).astype(np.float32))
-        weight = rng.standard_normal((o, c // g, k, k)).astype(np.float32)
-        packed = mx.nd.array(kernels.pack_conv_weights(weight, g), dtype="int32")
-        w_float = mx.nd.array(np.sign(weight) + (weight == 0))
-        attrs = dict(kernel=(k, k), stride=(s, s), pad=(p, p), dilate=(d, d), num_group=g)
-        binary_ms = _median_ms(lambda: mx.nd.bmx_binary_conv2d(
-            x, packed, num_filter=o, in_channels=c, **attrs).wait_to_read(), repeats)
-        float_ms = _median_ms(lambda: mx.nd.Convolution(
-            x, w_float, num_filter=o, no_bias=True, **attrs).wait_to_read(), repeats)
+        geometry = dict(kernel=(k, k), stride=(s, s), pad=(p, p), dilate=(d, d), num_group=g,
+                        num_filter=o)
+
+        def graph_of(copies):
+            latent = [rng.standard_normal((o, c // g, k, k)).astype(np.float32)
+                      for _ in range(copies)]
+            if kind == "binary":
+                return _layer_graph(mx, "bmx_binary_conv2d",
+                                    [kernels.pack_conv_weights(lw, g) for lw in latent],
+                                    dict(geometry, in_channels=c))
+            return _layer_graph(mx, "Convolution",
+                                [np.where(lw >= 0, 1.0, -1.0).astype(np.float32)
+                                 for lw in latent], dict(geometry, no_bias=True))
+
+        def timed(graph, times):
+            def run():
+                for y in graph(x):
+                    y.wait_to_read()
+            return _timed_ms(run, times, warmup=2)
+
+        estimate = timed(graph_of(2), 2)[1] / 2
+        copies = int(min(MAX_COPIES, max(2, round(GRAPH_MS / max(estimate, 1e-3)))))
+        median, minimum = timed(graph_of(copies), repeats)
         out_h = (h + 2 * p - d * (k - 1) - 1) // s + 1
         out_w = (w + 2 * p - d * (k - 1) - 1) // s + 1
-        macs = batch * o * out_h * out_w * (c // g) * k * k
         rows.append({"shape": f"{c}x{h}x{w} -> {o}, {k}x{k}/{s}", "count": count,
-                     "binary_ms": binary_ms, "float_ms": float_ms, "macs": macs})
-    mhz = _cpu_mhz()
-    return {"rows": rows, "cpu_mhz": mhz, "kernel": kernels.kernel_name()}
+                     "ms": median / copies, "min_ms": minimum / copies, "copies": copies,
+                     "macs": batch * o * out_h * out_w * (c // g) * k * k})
+    return {"rows": rows, "kernel": kernels.kernel_name() if kind == "binary" else "oneDNN fp32"}
 
 
 def work_e2e(model, batch, threads, repeats):
+    """Median/min ms of a forward pass of each form of `model` (float; packed, fused)."""
     import mxnet as mx
 
     import bmxnet_ext
+    from bmxnet_ext import kernels
 
     shape = (batch, 3, 224, 224)
     x = mx.nd.array(np.random.RandomState(0).standard_normal(shape).astype(np.float32))
@@ -122,18 +172,31 @@ def work_e2e(model, batch, threads, repeats):
         from bmxnet_ext.model_zoo import get_model
         net = get_model(model)
         net.initialize(mx.init.Xavier(magnitude=2))
-        nets = {"float": net, "packed": bmxnet_ext.convert_to_xnor(net, input_shape=shape)}
-    result = {}
-    for kind, net in nets.items():
+        nets = {"float": net,
+                "packed": bmxnet_ext.convert_to_xnor(net, input_shape=(1, 3, 224, 224)),
+                "fused": bmxnet_ext.convert_to_xnor(net, input_shape=(1, 3, 224, 224),
+                                                    fuse=True)}
+    result = {"kernel": kernels.kernel_name()}
+    for form, net in nets.items():
         net.hybridize(static_alloc=True, static_shape=True)
-        result[kind] = _median_ms(lambda: net(x).wait_to_read(), repeats)
+        result[form], result[form + "_min"] = _timed_ms(lambda: net(x).wait_to_read(), repeats)
+    return result
+
+
+def _worker(task):
+    kind = task.pop("kind")
+    load_before = os.getloadavg()[0]
+    result = work_e2e(**task) if kind == "e2e" else work_layers(kind, **task)
+    result["load_average"] = [load_before, os.getloadavg()[0]]
     return result
 
 
 # ----------------------------------------------------------------------------- driver side
 
-def _run_worker(task, threads):
+def _run_worker(task, threads, isa=None):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MXNET_CPU_WORKER_NTHREADS="1")
+    if isa:
+        env["BMXNET_ISA"] = isa
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(task)],
                          capture_output=True, text=True, env=env, timeout=3600)
     if out.returncode != 0:
@@ -149,65 +212,154 @@ def _progress(items, desc):
         return items
 
 
-def _layer_table(layer_runs):
-    lines = ["| batch | threads | kernel | binary layers (ms) | fp32 Convolution (ms) | speed-up "
-             "| binary MACs/cycle/core |", "|---|---|---|---|---|---|---|"]
-    for run in layer_runs:
-        rows = run["result"]["rows"]
-        binary = sum(r["binary_ms"] * r["count"] for r in rows)
-        floating = sum(r["float_ms"] * r["count"] for r in rows)
+def _machine():
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+        name = next(line.split(":", 1)[1].strip() for line in text.splitlines()
+                    if line.startswith("model name"))
+        flags = next(line for line in text.splitlines() if line.startswith("flags")).split()
+        simd = [f for f in ("avx2", "avx512f", "avx512_vpopcntdq") if f in flags]
+        machine = f"{name}, {os.cpu_count()} cores ({', '.join(simd)})"
+    except (OSError, StopIteration):
+        pass
+    return machine
+
+
+def _clock_mhz():
+    """(/proc/cpuinfo MHz or None, measured MHz): the harness divides by the larger."""
+    proc = None
+    try:
+        with open("/proc/cpuinfo") as f:
+            mhz = [float(line.split(":")[1]) for line in f if line.startswith("cpu MHz")]
+        proc = max(mhz) if mhz else None
+    except OSError:
+        pass
+    from bmxnet_ext import _kernels
+    return proc, _kernels.measured_clock_mhz()
+
+
+def _summaries(float_runs, binary_runs, clock_hz):
+    """One summary per binary run: summed ms, speed-up over fp32, MACs/cycle/core."""
+    floats = {(r["batch"], r["threads"]): r for r in float_runs}
+    summaries = []
+    for run in binary_runs:
+        reference = floats[(run["batch"], run["threads"])]
+        rows, float_rows = run["result"]["rows"], reference["result"]["rows"]
+        binary = sum(r["ms"] * r["count"] for r in rows)
+        floating = sum(r["ms"] * r["count"] for r in float_rows)
         macs = sum(r["macs"] * r["count"] for r in rows)
-        mhz = run["result"]["cpu_mhz"]
-        per_cycle = (macs / (binary / 1000) / (mhz * 1e6) / run["threads"]) if mhz else float("nan")
-        run.update(binary_ms=binary, float_ms=floating, speedup=floating / binary,
-                   macs_per_cycle_per_core=per_cycle)
-        lines.append(f"| {run['batch']} | {run['threads']} | {run['result']['kernel']} | "
-                     f"{binary:.2f} | {floating:.2f} | {floating / binary:.1f}x | {per_cycle:.0f} |")
+        summaries.append(dict(
+            isa=run["isa"], kernel=run["result"]["kernel"], batch=run["batch"],
+            threads=run["threads"], binary_ms=binary, float_ms=floating,
+            speedup=floating / binary,
+            macs_per_cycle_per_core=macs / (binary / 1000) / clock_hz / run["threads"]))
+    return summaries
+
+
+def _layer_table(summaries):
+    lines = ["| ISA (kernel) | batch | threads | binary layers (ms) | fp32 Convolution (ms) "
+             "| speed-up | binary MACs/cycle/core |", "|---|---|---|---|---|---|---|"]
+    for s in summaries:
+        lines.append(f"| {s['isa']} ({s['kernel']}) | {s['batch']} | {s['threads']} | "
+                     f"{s['binary_ms']:.2f} | {s['float_ms']:.2f} | {s['speedup']:.1f}x | "
+                     f"{s['macs_per_cycle_per_core']:.0f} |")
     return lines
 
 
-def _per_layer_table(run):
+def _per_layer_table(binary_run, float_run, clock_hz):
     lines = ["| layer (C_in x H x W -> C_out, kernel/stride) | count | binary (ms) | fp32 (ms) "
-             "| speed-up |", "|---|---|---|---|---|"]
-    for r in run["result"]["rows"]:
-        lines.append(f"| {r['shape']} | {r['count']} | {r['binary_ms']:.3f} | "
-                     f"{r['float_ms']:.3f} | {r['float_ms'] / r['binary_ms']:.1f}x |")
+             "| speed-up | MACs/cycle |", "|---|---|---|---|---|---|"]
+    for r, f in zip(binary_run["result"]["rows"], float_run["result"]["rows"]):
+        per_cycle = r["macs"] / (r["ms"] / 1000) / clock_hz / binary_run["threads"]
+        lines.append(f"| {r['shape']} | {r['count']} | {r['ms']:.3f} | {f['ms']:.3f} | "
+                     f"{f['ms'] / r['ms']:.1f}x | {per_cycle:.0f} |")
     return lines
 
 
 def _e2e_table(e2e_runs):
-    lines = ["| network | batch | threads | float (ms) | packed (ms) | packed vs float |",
-             "|---|---|---|---|---|---|"]
+    reference = {(r["batch"], r["threads"]): r["result"]["float"] for r in e2e_runs
+                 if r["model"] == "mobilenet1.0"}
+    lines = ["| network | batch | threads | float (ms) | packed (ms) | packed, fused (ms) "
+             "| fused vs float | fused vs MobileNet v1 1.0 |", "|---|---|---|---|---|---|---|---|"]
     for run in e2e_runs:
         r = run["result"]
-        packed = r.get("packed")
-        ratio = f"{r['float'] / packed:.1f}x" if packed else "-"
-        lines.append(f"| {run['model']} | {run['batch']} | {run['threads']} | {r['float']:.2f} | "
-                     f"{packed:.2f} | {ratio} |" if packed else
-                     f"| {run['model']} | {run['batch']} | {run['threads']} | {r['float']:.2f} | "
-                     f"- | - |")
+        fused = r.get("fused")
+        cells = [run["model"], run["batch"], run["threads"], f"{r['float']:.2f}",
+                 f"{r['packed']:.2f}" if "packed" in r else "-",
+                 f"{fused:.2f}" if fused else "-",
+                 f"{r['float'] / fused:.1f}x" if fused else "-"]
+        mobilenet = reference.get((run["batch"], run["threads"]))
+        cells.append(f"{mobilenet / fused:.2f}x" if fused and mobilenet else "-")
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     return lines
 
 
-def _chart(e2e_runs, path):
+def _find(runs, **keys):
+    for run in runs:
+        if all(run.get(k) == v for k, v in keys.items()):
+            return run
+    return None
+
+
+def _targets(summaries, e2e_runs):
+    """Issue 5's targets against this run: (target, measured, met) rows, where measured."""
+    rows = []
+    for isa, bound in (("avx512", 250), ("avx2", 90)):
+        s = _find(summaries, isa=isa, batch=1, threads=1)
+        if s:
+            value = s["macs_per_cycle_per_core"]
+            rows.append((f"{isa}: >= {bound} binary MACs/cycle/core (MeliusNet22 layers, batch 1,"
+                         " 1 thread)", f"{value:.0f}", value >= bound))
+    for batch, bound in ((1, 15), (8, 12)):
+        s = _find(summaries, isa="avx512", batch=batch, threads=1)
+        if s:
+            rows.append((f"binary layers summed vs fp32 Convolution, batch {batch}, 1 thread: "
+                         f">= {bound}x", f"{s['speedup']:.1f}x", s["speedup"] >= bound))
+    m22 = _find(e2e_runs, model="meliusnet22", batch=1, threads=2)
+    if m22 and "fused" in m22["result"]:
+        fused, float_ms = m22["result"]["fused"], m22["result"]["float"]
+        rows.append(("end to end, batch 1, 2 threads: packed MeliusNet22 >= 8x faster than float",
+                     f"{float_ms / fused:.1f}x ({fused:.2f} vs {float_ms:.2f} ms)",
+                     float_ms / fused >= 8))
+        for name, label in (("mobilenet1.0", "target"), ("mobilenet0.5", "goal")):
+            ref = _find(e2e_runs, model=name, batch=1, threads=2)
+            if ref:
+                rows.append((f"{label}: faster than MobileNet v1 {name[9:]} (batch 1, 2 threads)",
+                             f"{fused:.2f} vs {ref['result']['float']:.2f} ms",
+                             fused < ref["result"]["float"]))
+    return rows
+
+
+def _chart(summaries, e2e_runs, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 5),
+                                      gridspec_kw={"width_ratios": [3, 2]})
     labels, values, colors = [], [], []
+    palette = {"float": "tab:blue", "packed": "tab:olive", "fused": "tab:green"}
     for run in e2e_runs:
-        for kind, ms in run["result"].items():
-            labels.append(f"{run['model']} {kind}\nb{run['batch']} t{run['threads']}")
-            values.append(ms)
-            colors.append("tab:green" if kind == "packed" else
-                          "tab:gray" if run["model"] in FLOAT_REFERENCES else "tab:blue")
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels)), 4.5))
-    ax.bar(range(len(values)), values, color=colors)
-    ax.set_xticks(range(len(values)))
-    ax.set_xticklabels(labels, rotation=75, fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylabel("latency, ms (median, log scale)")
-    ax.set_title("CPU latency: packed (green), float (blue), MobileNet v1 (grey)", fontsize=9)
+        for form in ("float", "packed", "fused"):
+            if form in run["result"]:
+                labels.append(f"{run['model']} {form}\nb{run['batch']} t{run['threads']}")
+                values.append(run["result"][form])
+                colors.append("tab:gray" if run["model"] in FLOAT_REFERENCES else palette[form])
+    left.bar(range(len(values)), values, color=colors)
+    left.set_xticks(range(len(values)))
+    left.set_xticklabels(labels, rotation=80, fontsize=6)
+    left.set_yscale("log")
+    left.set_ylabel("latency, ms (median, log scale)")
+    left.set_title("End to end: float (blue), packed (olive), fused (green), MobileNet v1 (grey)",
+                   fontsize=9)
+    names = [f"{s['isa']}\nb{s['batch']} t{s['threads']}" for s in summaries]
+    right.bar(range(len(summaries)), [s["speedup"] for s in summaries], color="tab:green")
+    right.set_xticks(range(len(summaries)))
+    right.set_xticklabels(names, rotation=80, fontsize=7)
+    right.set_ylabel("speed-up over fp32 Convolution (summed layers)")
+    right.set_title("MeliusNet22 binary layers", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -219,54 +371,70 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(HERE, "results"), help="output directory")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--isas", nargs="+", default=ISAS, choices=ISAS)
     parser.add_argument("--models", nargs="+",
                         default=["meliusnet22", "meliusnet29", "meliusnet_a", "meliusnet_c"])
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement")
     parser.add_argument("--quick", action="store_true",
-                        help="batch 1, 1 thread, MeliusNet22 and the MobileNets only")
+                        help="batch 1, 1 thread, the best ISA, MeliusNet22 and the MobileNets")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     if args.worker:
-        task = json.loads(args.worker)
-        kind = task.pop("kind")
-        result = work_layers(**task) if kind == "layers" else work_e2e(**task)
-        print(json.dumps(result))
+        print(json.dumps(_worker(json.loads(args.worker))))
         return 0
 
+    from bmxnet_ext import _kernels
+    supported = [isa for isa in args.isas if isa in _kernels.supported_isas()]
     if args.quick:
         args.batches, args.threads, args.models = [1], [1], ["meliusnet22"]
+        supported = supported[:1]
+    proc_mhz, measured_mhz = _clock_mhz()
+    clock_hz = 1e6 * max(proc_mhz or 0.0, measured_mhz)
     configs = [(b, t) for b in args.batches for t in args.threads]
-    layer_runs = [{"batch": b, "threads": t,
-                   "result": _run_worker({"kind": "layers", "batch": b, "threads": t,
+
+    float_runs = [{"batch": b, "threads": t,
+                   "result": _run_worker({"kind": "float", "batch": b, "threads": t,
                                           "repeats": args.repeats}, t)}
-                  for b, t in _progress(configs, "binary layers")]
+                  for b, t in _progress(configs, "fp32 layers")]
+    binary_runs = [{"isa": isa, "batch": b, "threads": t,
+                    "result": _run_worker({"kind": "binary", "batch": b, "threads": t,
+                                           "repeats": args.repeats}, t, isa)}
+                   for isa, (b, t) in _progress([(i, c) for i in supported for c in configs],
+                                                "binary layers")]
     e2e_tasks = [(m, b, t) for m in args.models + FLOAT_REFERENCES for b, t in configs]
     e2e_runs = [{"model": m, "batch": b, "threads": t,
                  "result": _run_worker({"kind": "e2e", "model": m, "batch": b, "threads": t,
                                         "repeats": args.repeats}, t)}
                 for m, b, t in _progress(e2e_tasks, "end to end")]
 
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
-    try:
-        with open("/proc/cpuinfo") as f:
-            machine = next(line.split(":", 1)[1].strip() for line in f
-                           if line.startswith("model name")) + f", {os.cpu_count()} cores"
-    except (OSError, StopIteration):
-        pass
-    lines = [f"Machine: {machine}. Medians of {args.repeats} runs after warm-up.", "",
-             "### MeliusNet22 binary layers (224x224): bmx_binary_conv2d vs fp32 Convolution", ""]
-    lines += _layer_table(layer_runs)
-    lines += ["", f"Per layer, batch {layer_runs[0]['batch']}, {layer_runs[0]['threads']} thread(s):",
-              ""] + _per_layer_table(layer_runs[0])
-    lines += ["", "### End to end (224x224, hybridized, static memory)", ""] + _e2e_table(e2e_runs)
+    summaries = _summaries(float_runs, binary_runs, clock_hz)
+    first = binary_runs[0]
+    lines = [f"Machine: {_machine()}. Clock: {proc_mhz or float('nan'):.0f} MHz in "
+             f"/proc/cpuinfo, {measured_mhz:.0f} MHz measured; cycles counted at "
+             f"{clock_hz / 1e6:.0f} MHz. Medians of {args.repeats} runs after warm-up, "
+             "MXNet's threaded engine with one CPU worker.", "",
+             "### Targets (issue 5)", "", "| target | measured | met |", "|---|---|---|"]
+    lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in
+              _targets(summaries, e2e_runs)]
+    lines += ["", "### MeliusNet22 binary layers (224x224): bmx_binary_conv2d vs fp32 "
+              "Convolution, summed over the 34 layers", ""] + _layer_table(summaries)
+    lines += ["", f"Per layer, {first['isa']}, batch {first['batch']}, {first['threads']} "
+              "thread(s):", ""]
+    lines += _per_layer_table(first, _find(float_runs, batch=first["batch"],
+                                           threads=first["threads"]), clock_hz)
+    lines += ["", "### End to end (224x224, hybridized, static memory)", "",
+              "packed: `convert_to_xnor(net)`; fused: `convert_to_xnor(net, fuse=True)` "
+              f"(kernels: {e2e_runs[0]['result']['kernel']}).", ""] + _e2e_table(e2e_runs)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"machine": machine, "repeats": args.repeats, "layers": layer_runs,
-                   "end_to_end": e2e_runs}, f, indent=2)
-    _chart(e2e_runs, os.path.join(args.out, "latency.png"))
+        json.dump({"machine": _machine(), "cpu_mhz_proc": proc_mhz,
+                   "cpu_mhz_measured": measured_mhz, "repeats": args.repeats,
+                   "layer_summaries": summaries, "float_layers": float_runs,
+                   "binary_layers": binary_runs, "end_to_end": e2e_runs}, f, indent=2)
+    _chart(summaries, e2e_runs, os.path.join(args.out, "latency.png"))
     print("\n".join(lines))
     print(f"\nwrote {args.out}/results.md, results.json and latency.png")
     return 0

@@ -6,7 +6,7 @@ dtype MXNet stores them in.
 """
 import numpy as np
 
-from libc.stdint cimport int64_t, uint32_t
+from libc.stdint cimport int64_t, uint32_t, uint64_t
 
 
 cdef extern from "kernels/bitpack.h" namespace "bmx":
@@ -331,3 +331,41 @@ def binary_dense(x, weights, in_units=None, offset=True, scale=None):
         binary_dense_c(&xv[0, 0], <const uint32_t*>&wv[0, 0], batch, k, units, c_mode, &sv[0],
                        <uint32_t*>&scratch_v[0], &ov[0, 0])
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# For benchmarks: the clock the kernels run at (a VM's /proc/cpuinfo may not say).
+
+cdef extern from *:
+    """
+    #include <stdint.h>
+    #include <time.h>
+    /* Seconds for `n` iterations of a chain of dependent one-cycle additions. */
+    static double bmx_dependent_adds_seconds(uint64_t n) {
+        struct timespec a, b;
+        uint64_t x = 0;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        for (uint64_t i = 0; i < n; ++i) {
+    #if defined(__GNUC__) && (defined(__x86_64__) || defined(__aarch64__))
+            __asm__ volatile("" : "+r"(x));
+    #endif
+            x += 1;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        if (x != n) return -1.0;
+        return (double)(b.tv_sec - a.tv_sec) + 1e-9 * (double)(b.tv_nsec - a.tv_nsec);
+    }
+    """
+    double bmx_dependent_adds_seconds(uint64_t n) nogil
+
+
+def measured_clock_mhz(int trials=5, uint64_t additions=100000000):
+    """The core clock in MHz, measured: the best of ``trials`` runs of ``additions`` dependent
+    one-cycle integer additions (a lower bound when other processes take the core)."""
+    cdef double best = 0.0, seconds
+    for _ in range(trials):
+        with nogil:
+            seconds = bmx_dependent_adds_seconds(additions)
+        if seconds > 0:
+            best = max(best, additions / seconds / 1e6)
+    return best

@@ -50,7 +50,8 @@ def load_library(path=LIBRARY_PATH):
         try:
             mx.library.load(os.path.abspath(path), verbose=False)
         except mx.base.MXNetError as err:
-            _state["error"] = (f"MXNet {mx.__version__} could not load {path}: {err}. "
+            reason = " ".join(str(err).split())  # one line: MXNet's message has several
+            _state["error"] = (f"MXNet {mx.__version__} could not load {path}: {reason}. "
                                f"{_advice(path)}")
             return False
         _state["loaded"] = True

@@ -4,7 +4,6 @@ import copy
 import os
 import subprocess
 import sys
-import threading
 
 import mxnet as mx
 import numpy as np
@@ -13,12 +12,12 @@ import pytest
 import bmxnet_ext
 from bmxnet_ext import model_zoo
 from bmxnet_ext.demo import build_demo_network
+from thread_helpers import run_in_threads
 
 SHAPE = (2, 3, 32, 32)
 THREADS = 4
 CALLS_PER_THREAD = 5
 ROUNDS = 5
-JOIN_TIMEOUT_S = 120
 
 
 @pytest.fixture(scope="module")
@@ -54,27 +53,9 @@ def _prepared(kind, packed, prefix):
 
 
 def _serve_concurrently(nets, inputs):
-    """Each thread calls its network CALLS_PER_THREAD times; returns the outputs per thread.
-    Daemon threads and a join timeout: a deadlock fails the test instead of hanging the suite."""
-    results = [[] for _ in nets]
-    start = threading.Barrier(len(nets))
-
-    def serve(i):
-        start.wait()
-        for _ in range(CALLS_PER_THREAD):
-            results[i].append(net_outputs(nets[i], inputs[i]))
-
-    threads = [threading.Thread(target=serve, args=(i,), daemon=True) for i in range(len(nets))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=JOIN_TIMEOUT_S)
-    assert not any(thread.is_alive() for thread in threads), "threads still waiting: deadlock"
-    return results
-
-
-def net_outputs(net, x):
-    return net(x).asnumpy()
+    """Each thread calls its network CALLS_PER_THREAD times; returns the outputs per thread."""
+    return run_in_threads(lambda i: [nets[i](inputs[i]).asnumpy()
+                                     for _ in range(CALLS_PER_THREAD)], len(nets))
 
 
 def _inputs():

@@ -12,8 +12,8 @@
 namespace bmx {
 namespace {
 
-// A thread must get at least this much work (binary MACs, or packed input values) for a team
-// to pay off: starting a team and the barrier cost a few microseconds, ~2 M MACs on one core.
+// A thread must get at least this much work (in binary MACs) for a team to pay off: starting a
+// team and the barrier cost a few microseconds, ~2 M MACs on one core.
 constexpr double kMinWorkPerThread = 2e6;
 
 // Tiles keep their counts on the stack.
@@ -113,16 +113,20 @@ void binary_conv2d(const ConvInput& in, const uint32_t* weights, const ConvParam
   const int64_t words = p.groups * p.group_words();
   const int64_t image_words = p.image_words();
 
-  // 1. The planar packed input, one (image, word) per item.
-  const int64_t pack_items = p.batch * words;
-  const int pack_threads = threads_for(
-      static_cast<double>(p.batch) * p.in_channels * p.in_h * p.in_w, pack_items);
+  // 1. The planar packed input, one (image, word, band of rows) per item: bands only where
+  // there are fewer words than threads could share.
+  const double pack_work = kPackCostInMacs * p.batch * p.in_channels * p.in_h * p.in_w;
+  const int pack_threads = threads_for(pack_work, p.batch * words * p.in_h);
+  const int64_t bands =
+      std::min<int64_t>(p.in_h, (4 * pack_threads + p.batch * words - 1) / (p.batch * words));
+  const int64_t band_rows = (p.in_h + bands - 1) / bands;
+  const int64_t pack_items = p.batch * words * bands;
 #pragma omp parallel num_threads(pack_threads) if (pack_threads > 1)
   {
-    std::vector<uint32_t> pixels(p.in_h * p.in_w);
+    std::vector<uint32_t> pixels(band_rows * p.in_w);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < pack_items; ++item) {
-      const int64_t b = item / words, j = item % words;
+      const int64_t band = item % bands, j = (item / bands) % words, b = item / bands / words;
       PackArgs args;
       args.x = in.data + b * in.batch_stride;
       args.channel_stride = p.in_h * p.in_w;
@@ -131,9 +135,11 @@ void binary_conv2d(const ConvInput& in, const uint32_t* weights, const ConvParam
       args.params = &p;
       args.word_begin = j;
       args.word_end = j + 1;
+      args.row_begin = band * band_rows;
+      args.row_end = std::min(p.in_h, args.row_begin + band_rows);
       args.image = scratch + b * image_words;
       args.word_scratch = pixels.data();
-      isa.pack(args);
+      if (args.row_begin < args.row_end) isa.pack(args);
     }
   }
   std::fill(scratch + p.batch * image_words, scratch + p.packed_input_words(), 0u);

@@ -2,6 +2,8 @@
 
 #include <cstring>
 
+#include "kernels/conv_isa.h"
+
 namespace bmx {
 
 int64_t StageParams::channels_before(int64_t in_channels, int64_t growth,
@@ -37,9 +39,12 @@ void binary_stage(const float* x, const StageParams& s, const std::vector<StageU
   int64_t out_channels = s.in_channels;
   for (const StageUnit& u : units) out_channels += u.improvement ? 0 : s.growth;
   const int64_t plane = s.height * s.width;
-  for (int64_t b = 0; b < s.batch; ++b) {
-    std::memcpy(out + b * out_channels * plane, x + b * s.in_channels * plane,
-                sizeof(float) * s.in_channels * plane);
+  const int64_t copies = s.batch * s.in_channels;
+  const int threads = threads_for(kPackCostInMacs * copies * plane, copies);
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+  for (int64_t i = 0; i < copies; ++i) {
+    const int64_t b = i / s.in_channels, c = i % s.in_channels;
+    std::memcpy(out + (b * out_channels + c) * plane, x + i * plane, sizeof(float) * plane);
   }
   int64_t channels = s.in_channels;
   for (const StageUnit& u : units) {

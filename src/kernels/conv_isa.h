@@ -37,7 +37,8 @@ struct TileArgs {
   int32_t* counts;          // out: [channels][lanes] numbers of differing bits
 };
 
-// Packs the words [word_begin, word_end) of one image into the planar layout above.
+// Packs input rows [row_begin, row_end) of the words [word_begin, word_end) of one image into
+// the planar layout above (the first and the last band also write the padding rows).
 struct PackArgs {
   const float* x;            // the image: channel c, row y, column x at x[c * channel_stride + y * in_w + x]
   int64_t channel_stride;    // in_h * in_w for a dense NCHW tensor
@@ -45,8 +46,9 @@ struct PackArgs {
   const float* thr_bias;     //   (thr_sign in {1, -1, 0}); null: bit = x >= 0
   const ConvParams* params;
   int64_t word_begin, word_end;
+  int64_t row_begin, row_end;
   uint32_t* image;           // the image's planar words
-  uint32_t* word_scratch;    // in_h * in_w words
+  uint32_t* word_scratch;    // (row_end - row_begin) * in_w words
 };
 
 // Writes (or adds) a tile's outputs, skipping the lanes past the output's width or height.
@@ -105,9 +107,13 @@ struct TileJob {
 // Computes every tile of `job` with the kernels of `isa` on up to `threads` OpenMP threads.
 void run_tiles(const IsaKernels& isa, const TileJob& job, int threads);
 
-// The threads worth using for `work` units (binary MACs, or packed floats) split into `items`
-// independent pieces: at most omp_get_max_threads(), and 1 for small work.
+// The threads worth using for `work` (in binary MACs) split into `items` independent pieces: at
+// most omp_get_max_threads(), and 1 for small work.
 int threads_for(double work, int64_t items);
+
+// Reading one float (packing, BatchNorm, pooling) costs about as much time as this many binary
+// MACs: it streams from L2/L3 while a MAC is 1/512 of a register operation.
+constexpr double kPackCostInMacs = 32;
 
 }  // namespace bmx
 

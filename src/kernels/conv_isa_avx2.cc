@@ -20,6 +20,33 @@ namespace avx2_isa {
 #pragma GCC push_options
 #pragma GCC target("avx2")
 
+// 16 pixels' words as two vectors of 8: compare, keep the channel's bit, OR it in. (GCC lowers
+// the generic 16-float vectors of conv_isa_impl.h to scalar code for AVX2.)
+#define BMX_ISA_HAS_PACK16 1
+template <bool kThresholds>
+inline void pack16(const float* x, int64_t channel_stride, int bits, const float* sign,
+                   const float* bias, uint32_t* dst) {
+  __m256i acc0 = _mm256_setzero_si256(), acc1 = _mm256_setzero_si256();
+  for (int b = 0; b < bits; ++b, x += channel_stride) {
+    __m256 v0 = _mm256_loadu_ps(x), v1 = _mm256_loadu_ps(x + 8);
+    __m256 threshold = _mm256_setzero_ps();
+    if (kThresholds) {
+      const __m256 s = _mm256_set1_ps(sign[b]);
+      v0 = _mm256_mul_ps(v0, s);
+      v1 = _mm256_mul_ps(v1, s);
+      threshold = _mm256_set1_ps(bias[b]);
+    }
+    // _CMP_GE_OQ: false for NaN, as x >= t in C++.
+    const __m256i bit = _mm256_set1_epi32(static_cast<int>(1u << b));
+    const __m256i set0 = _mm256_castps_si256(_mm256_cmp_ps(v0, threshold, _CMP_GE_OQ));
+    const __m256i set1 = _mm256_castps_si256(_mm256_cmp_ps(v1, threshold, _CMP_GE_OQ));
+    acc0 = _mm256_or_si256(acc0, _mm256_and_si256(set0, bit));
+    acc1 = _mm256_or_si256(acc1, _mm256_and_si256(set1, bit));
+  }
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst), acc0);
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + 8), acc1);
+}
+
 #include "kernels/conv_isa_impl.h"
 
 // A tile is one vector of 8 pixels x 8 output channels: 8 byte counters, the activation's two

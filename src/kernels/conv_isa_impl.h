@@ -74,19 +74,24 @@ void pack_words(const PackArgs& a) {
   const int64_t sh = p.stride_h, sw = p.stride_w;
   const int64_t plane_h = p.plane_h(), plane_w = p.plane_w(), plane = p.plane_words();
   const int64_t in_h = p.in_h, in_w = p.in_w, pad_h = p.pad_h, pad_w = p.pad_w;
-  uint32_t* packed = a.word_scratch;  // one word per input pixel, before padding
+  uint32_t* packed = a.word_scratch;  // one word per input pixel of the band, before padding
+  const int64_t rows = a.row_end - a.row_begin;
+  // The padded rows of this band: its input rows, and the padding above / below the image when
+  // it is the first / last band (down to the end of the planes).
+  const int64_t first = a.row_begin == 0 ? 0 : a.row_begin + pad_h;
+  const int64_t last = a.row_end == in_h ? plane_h * sh : a.row_end + pad_h;
   for (int64_t j = a.word_begin; j < a.word_end; ++j) {
     const int64_t g = j / group_words, jj = j % group_words;
     const int64_t c0 = g * group_channels + jj * bmx::kWordBits;
     const int bits = static_cast<int>(min64(bmx::kWordBits, group_channels - jj * bmx::kWordBits));
     const uint32_t pad = p.pad_with_ones ? bmx::low_bits_mask(bits) : 0u;
-    // The channel planes are contiguous: pack them as one span of in_h * in_w pixels, then pad.
-    pack_span<kThresholds>(a.x + c0 * a.channel_stride, a.channel_stride, bits,
-                           kThresholds ? a.thr_sign + c0 : nullptr,
-                           kThresholds ? a.thr_bias + c0 : nullptr, in_h * in_w, packed);
+    // A band of a channel plane is contiguous: pack it as one span of pixels, then pad.
+    pack_span<kThresholds>(a.x + c0 * a.channel_stride + a.row_begin * in_w, a.channel_stride,
+                           bits, kThresholds ? a.thr_sign + c0 : nullptr,
+                           kThresholds ? a.thr_bias + c0 : nullptr, rows * in_w, packed);
     uint32_t* planes = a.image + j * sh * sw * plane;
     if (sh == 1 && sw == 1) {
-      for (int64_t yp = 0; yp < plane_h; ++yp) {
+      for (int64_t yp = first; yp < last; ++yp) {
         uint32_t* dst = planes + yp * plane_w;
         const int64_t y = yp - pad_h;
         if (y < 0 || y >= in_h) {
@@ -94,20 +99,20 @@ void pack_words(const PackArgs& a) {
           continue;
         }
         fill_words(dst, pad_w, pad);
-        std::memcpy(dst + pad_w, packed + y * in_w, in_w * sizeof(uint32_t));
+        std::memcpy(dst + pad_w, packed + (y - a.row_begin) * in_w, in_w * sizeof(uint32_t));
         fill_words(dst + pad_w + in_w, plane_w - pad_w - in_w, pad);
       }
       continue;
     }
     // Padded pixel (yp, xp) goes to phase plane (yp % sh, xp % sw) at (yp / sh, xp / sw).
-    for (int64_t yp = 0; yp < plane_h * sh; ++yp) {
+    for (int64_t yp = first; yp < last; ++yp) {
       const int64_t y = yp - pad_h;
       const bool row_inside = y >= 0 && y < in_h;
       for (int64_t xp = 0; xp < plane_w * sw; ++xp) {
         const int64_t x = xp - pad_w;
         const bool inside = row_inside && x >= 0 && x < in_w;
         planes[((yp % sh) * sw + xp % sw) * plane + (yp / sh) * plane_w + xp / sw] =
-            inside ? packed[y * in_w + x] : pad;
+            inside ? packed[(y - a.row_begin) * in_w + x] : pad;
       }
     }
   }

@@ -1,0 +1,176 @@
+"""Memory of packed inference: many forward calls of a converted network do not grow the process
+(resident set and malloc'd heap, measured after a warm-up), and the operators allocate nothing on
+the hot path whose size depends on the data: their scratch memory comes from MXNet's resource
+pool (``res.alloc_cpu``), their outputs from MXNet's storage pool.
+
+The default suite runs 1 000 calls of a small converted MeliusNet; ``pytest -m slow`` adds
+10 000 calls of a converted MeliusNet22.
+"""
+import ctypes
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+from bmxnet_ext import convert_to_xnor, load_xnor, model_zoo, ops
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SMALL = ("meliusnet_flex", dict(classes=10, input_size=32, blocks=(1, 1, 1, 1)))
+MELIUSNET22 = ("meliusnet22", dict(classes=10, input_size=32))
+WARM_UP = 100
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost"
+                .split()]
+
+
+def _heap_bytes():
+    """Bytes malloc has handed out and not got back (glibc mallinfo2: in use + mmapped)."""
+    libc = ctypes.CDLL(None)
+    libc.mallinfo2.restype = _MallInfo2
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _packed(model, shape=(1, 3, 32, 32)):
+    name, kwargs = model
+    net = model_zoo.get_model(name, **kwargs)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    packed = convert_to_xnor(net, input_shape=shape)
+    packed.hybridize()
+    return packed
+
+
+def _reloaded(model, tmp_path):
+    packed = _packed(model)
+    packed(mx.nd.zeros((1, 3, 32, 32)))
+    packed.export(str(tmp_path / "packed"))
+    return load_xnor(str(tmp_path / "packed"))
+
+
+def _growth(net, inputs, calls):
+    """(heap, RSS) growth in bytes over ``calls`` forward calls cycling through ``inputs``,
+    after a warm-up; every output is waited for."""
+    for i in range(WARM_UP):
+        net(inputs[i % len(inputs)]).wait_to_read()
+    mx.nd.waitall()
+    gc.collect()
+    heap, rss = _heap_bytes(), _rss_bytes()
+    for i in range(calls):
+        net(inputs[i % len(inputs)]).wait_to_read()
+    mx.nd.waitall()
+    gc.collect()
+    return _heap_bytes() - heap, _rss_bytes() - rss
+
+
+def _inputs(*batches):
+    rng = np.random.RandomState(0)
+    return [mx.nd.array(rng.standard_normal((n, 3, 32, 32)).astype(np.float32)) for n in batches]
+
+
+VARIANTS = {
+    "converted": lambda tmp_path: (_packed(SMALL), _inputs(1)),
+    "load_xnor": lambda tmp_path: (_reloaded(SMALL, tmp_path), _inputs(1)),
+    "alternating-batch": lambda tmp_path: (_packed(SMALL), _inputs(1, 3)),
+}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_1000_forward_calls_do_not_grow_memory(variant, tmp_path):
+    net, inputs = VARIANTS[variant](tmp_path)
+    heap, rss = _growth(net, inputs, 1000)
+    # A leak of 256 bytes per call would pass the heap bound only just; a leaked scratch or
+    # output buffer (kilobytes per call) fails both.
+    assert heap < 256 * 1024, f"heap grew by {heap} bytes over 1000 calls"
+    assert rss < 4 * 2 ** 20, f"resident set grew by {rss} bytes over 1000 calls"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", ["converted", "load_xnor"])
+def test_10000_forward_calls_of_meliusnet22_do_not_grow_memory(variant, tmp_path):
+    net = _packed(MELIUSNET22) if variant == "converted" else _reloaded(MELIUSNET22, tmp_path)
+    heap, rss = _growth(net, _inputs(1), 10000)
+    assert heap < 1024 * 1024, f"heap grew by {heap} bytes over 10 000 calls"
+    assert rss < 8 * 2 ** 20, f"resident set grew by {rss} bytes over 10 000 calls"
+
+
+# --- allocations made by the op library itself ------------------------------------------------
+
+_COUNT_SCRIPT = r"""
+import ctypes, json, sys
+import mxnet as mx
+import numpy as np
+from bmxnet_ext import convert_to_xnor, model_zoo, ops
+
+def library_range(path):
+    ranges = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) >= 6 and fields[5] == path:
+                ranges += [int(v, 16) for v in fields[0].split("-")]
+    return min(ranges), max(ranges)
+
+net = model_zoo.get_model("meliusnet_flex", classes=10, input_size=32, blocks=(1, 1, 1, 1))
+net.initialize(mx.init.Xavier(magnitude=2))
+packed = convert_to_xnor(net, input_shape=(1, 3, 32, 32))
+packed.hybridize()
+counter = ctypes.CDLL(None)
+lo, hi = library_range(ops.LIBRARY_PATH)
+results = {}
+for batch in (1, 8):
+    x = mx.nd.array(np.random.RandomState(0).standard_normal((batch, 3, 32, 32)))
+    for _ in range(20):
+        packed(x).wait_to_read()
+    calls = 20
+    out = (ctypes.c_size_t * 3)()
+    counter.alloc_counter_start(ctypes.c_size_t(lo), ctypes.c_size_t(hi))
+    for _ in range(calls):
+        packed(x).wait_to_read()
+    counter.alloc_counter_stop(out)
+    results[batch] = dict(count=out[0] / calls, bytes=out[1] / calls, largest=out[2])
+print(json.dumps(results))
+"""
+
+
+def _compiler():
+    return shutil.which("cc") or shutil.which("gcc")
+
+
+@pytest.mark.skipif(_compiler() is None, reason="needs a C compiler for the allocation counter")
+def test_op_library_allocates_nothing_that_grows_with_the_data(tmp_path):
+    """Allocations while the op library is on the stack, per forward call of a converted network
+    at batch 1 and 8: the same count and bytes (nothing sized by the data: packed input and
+    outputs come from MXNet's pools), and none as large as a packed activation or weight tensor.
+    What remains is lib_api's per-call bookkeeping (attribute maps, tensor lists)."""
+    shim = str(tmp_path / "liballoc_counter.so")
+    subprocess.run([_compiler(), "-O2", "-shared", "-fPIC", "-o", shim,
+                    os.path.join(ROOT, "tools", "alloc_counter.c")], check=True)
+    env = dict(os.environ, LD_PRELOAD=shim)
+    result = subprocess.run([sys.executable, "-c", _COUNT_SCRIPT], capture_output=True,
+                            text=True, env=env, cwd=str(tmp_path), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    per_call = json.loads(result.stdout.strip().splitlines()[-1])
+    small, large = per_call["1"], per_call["8"]
+    assert small["count"] > 0, "the counter saw no allocation at all: is it preloaded?"
+    assert (large["count"], large["bytes"]) == (small["count"], small["bytes"]), per_call
+    assert max(small["largest"], large["largest"]) < 16 * 1024, per_call
+
+
+def test_op_library_path_is_the_loaded_one():
+    """The allocation counter attributes by the mapped path of ops.LIBRARY_PATH."""
+    with open("/proc/self/maps") as f:
+        assert os.path.realpath(ops.LIBRARY_PATH) in f.read()
