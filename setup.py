@@ -141,7 +141,7 @@ setup(
     ] + GLUONCV_STACK,
     extras_require={
         "cpu": ["mxnet==1.9.1"],
-        "test": ["pytest>=7", "hypothesis>=6"],
+        "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
     },
     entry_points={"console_scripts": ["bmxnet-ext=bmxnet_ext.cli:main"]},
     zip_safe=False,

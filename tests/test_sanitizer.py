@@ -31,6 +31,7 @@ def _prerequisites_missing():
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(3900)
 def test_op_suite_passes_under_address_and_undefined_behavior_sanitizers(tmp_path):
     missing = _prerequisites_missing()
     if missing:
