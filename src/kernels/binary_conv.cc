@@ -19,6 +19,15 @@ constexpr double kMinWorkPerThread = 2e6;
 // Tiles keep their counts on the stack.
 constexpr int kMaxTileChannels = 8;
 
+// A per-thread buffer of at least `words` words, kept for the thread's next call: packing then
+// allocates nothing in steady state (OpenMP and MXNet engine threads live as long as the process),
+// and nothing sized by the batch ever.
+uint32_t* thread_words(int64_t words) {
+  static thread_local std::vector<uint32_t> buffer;
+  if (buffer.size() < static_cast<size_t>(words)) buffer.resize(words);
+  return buffer.data();
+}
+
 // Offset of weight word k = (ky * kernel_w + kx) * group_words + jj from a lane's position in
 // its group's first plane (conv_isa.h).
 std::vector<int64_t> word_offsets(const ConvParams& p) {
@@ -123,7 +132,7 @@ void binary_conv2d(const ConvInput& in, const uint32_t* weights, const ConvParam
   const int64_t pack_items = p.batch * words * bands;
 #pragma omp parallel num_threads(pack_threads) if (pack_threads > 1)
   {
-    std::vector<uint32_t> pixels(band_rows * p.in_w);
+    uint32_t* const pixels = thread_words(band_rows * p.in_w);
 #pragma omp for schedule(static)
     for (int64_t item = 0; item < pack_items; ++item) {
       const int64_t band = item % bands, j = (item / bands) % words, b = item / bands / words;
@@ -138,7 +147,7 @@ void binary_conv2d(const ConvInput& in, const uint32_t* weights, const ConvParam
       args.row_begin = band * band_rows;
       args.row_end = std::min(p.in_h, args.row_begin + band_rows);
       args.image = scratch + b * image_words;
-      args.word_scratch = pixels.data();
+      args.word_scratch = pixels;
       if (args.row_begin < args.row_end) isa.pack(args);
     }
   }

@@ -1,6 +1,8 @@
 #include "ops/op_util.h"
 
+#include <atomic>
 #include <cctype>
+#include <chrono>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
@@ -26,9 +28,24 @@ ErrorList& error_list(mxnet::ext::MXerrorMsgs* errors);
 namespace bmx {
 namespace ops {
 
+namespace {
+
+std::mutex error_mutex;
+// steady_clock nanoseconds of the newest failure while the error list holds messages; -1: empty.
+std::atomic<int64_t> newest_failure_ns{-1};
+// A failure's messages stay this long: MXNet reads them right after the failing callback returns.
+constexpr int64_t kReportedAfterNs = 1000000000;
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
 std::stringstream& fresh_error_message(const char* file, int line) {
-  static std::mutex mutex;
-  std::lock_guard<std::mutex> lock(mutex);
+  std::lock_guard<std::mutex> lock(error_mutex);
   ErrorList& list = error_list(mxnet::ext::MXerrorMsgs::get());
   auto* message = new std::stringstream();
   *message << file << "[" << line << "]: ";
@@ -42,10 +59,23 @@ std::stringstream& fresh_error_message(const char* file, int line) {
     list[0] = message;
     list.resize(1);
   }
+  newest_failure_ns.store(now_ns(), std::memory_order_relaxed);
   return *message;
 }
 
+void forget_reported_errors() {
+  const int64_t newest = newest_failure_ns.load(std::memory_order_relaxed);
+  if (newest < 0 || now_ns() - newest < kReportedAfterNs) return;
+  std::lock_guard<std::mutex> lock(error_mutex);
+  if (newest_failure_ns.load(std::memory_order_relaxed) != newest) return;  // a new failure
+  // Streams not deleted, as above; clear() keeps the capacity, so nothing is reallocated.
+  error_list(mxnet::ext::MXerrorMsgs::get()).clear();
+  newest_failure_ns.store(-1, std::memory_order_relaxed);
+}
+
 bool check_attr_names(const char* op, const Attrs& attrs, const std::vector<std::string>& known) {
+  // Every callback of the ops parses its attributes first, so it starts here.
+  forget_reported_errors();
   for (const auto& kv : attrs) {
     if (is_internal_attr(kv.first)) continue;
     bool found = false;

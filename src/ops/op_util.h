@@ -91,6 +91,15 @@ bool check_threshold_signs(const char* op, const std::string& name, const float*
 // Every MX_ERROR_MSG of the ops goes through here (redefined below).
 std::stringstream& fresh_error_message(const char* file, int line);
 
+// Empties the error list once the newest failure is a second old (MXNet read its messages right
+// after the failing call). MXNet 1.9.1 copies every message in the list, and leaks the copy, on
+// every call of every extension operator -- failing or not -- so one bad call would otherwise
+// cost every later call ~200 bytes per operator, forever. Called at the start of every callback
+// (check_attr_names). A reader in another thread between MXNet's msgSize() and msgGet() at that
+// very moment would get an out-of-range error for its call; the window is a few instructions,
+// once per failure.
+void forget_reported_errors();
+
 }  // namespace ops
 }  // namespace bmx
 
