@@ -24,7 +24,8 @@ from .ops import OpsLibraryError
 
 def _cmd_demo(args):
     from .demo import run_demo
-    run_demo(epochs=args.epochs, seed=args.seed, quiet=args.quiet)
+    run_demo(epochs=args.epochs, seed=args.seed, quiet=args.quiet, lr=args.lr,
+             data_format=args.data_format)
 
 
 def _cmd_summary(args):
@@ -183,6 +184,11 @@ def _parser():
                                       "hybridized, exports and reloads it, and compares it with "
                                       "its float twin.")
     demo.add_argument("--epochs", type=int, default=8, help="training epochs (default: 8)")
+    demo.add_argument("--lr", type=float, default=0.01,
+                      help="peak learning rate of RAdam's cosine schedule (default: 0.01)")
+    demo.add_argument("--data-format", choices=("recordio", "folder"), default="recordio",
+                      help="pipeline the digits go through: RecordIO (ImageRecordIter) or an "
+                           "image folder (gluon ImageFolderDataset); default: recordio")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     demo.add_argument("--quiet", action="store_true", help="no progress bars")
     demo.set_defaults(func=_cmd_demo)

@@ -1,8 +1,10 @@
 """``bmxnet-ext demo``: the package's main job on an embedded default.
 
 Trains a small MeliusNet (``meliusnet_flex``, thumbnail stem) and its full-precision twin on
-scikit-learn's handwritten digits (real images, no download), then does what a user does with a
-binary network and checks each step: hybridized == imperative, conversion to the packed xnor form,
+scikit-learn's handwritten digits (real images, no download), fed through the ImageNet code path
+(the digits written as RecordIO or an image folder, read by :mod:`bmxnet_ext.pipelines`) and
+trained by :func:`bmxnet_ext.fit.fit` with the paper's recipe (RAdam, cosine schedule). Then it
+does what a user does with a binary network and checks each step: hybridized == imperative, conversion to the packed xnor form,
 export, reload in a fresh Python process with the same predictions. It ends with accuracy,
 parameter-file size and latency side by side.
 """
@@ -17,10 +19,12 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
+from . import recipe
 from .converter import convert_to_xnor
-from .data import digits_arrays
+from .data import digits_data
+from .fit import fit, seed_everything
 from .summary import summary
-from .training import evaluate, predict, train_epoch
+from .training import evaluate, predict
 
 IMAGE_SIZE = 16
 # A MeliusNet with one DenseBlock + ImprovementBlock per stage: small enough to train in a
@@ -37,11 +41,11 @@ def build_demo_network(binary, classes=10):
                                activation="det_sign" if binary else "relu", **DEMO_ARCHITECTURE)
 
 
-def _digits_rgb(seed):
-    # The zoo's stems take RGB; the scans are grey, so the three channels are equal.
-    x_train, y_train, x_test, y_test = digits_arrays(size=IMAGE_SIZE, seed=seed)
-    return (np.repeat(x_train, 3, axis=1), y_train.astype(np.float32),
-            np.repeat(x_test, 3, axis=1), y_test.astype(np.float32))
+def _whole_set(pipeline):
+    """All images and labels of a (validation) pipeline as numpy arrays, in its order."""
+    batches = [(data.asnumpy(), label.asnumpy()) for data, label in pipeline]
+    return (np.concatenate([d for d, _ in batches]),
+            np.concatenate([lab for _, lab in batches]).astype(np.float32))
 
 
 def _latency_ms(net, sample, repeats=30):
@@ -77,43 +81,48 @@ def _predict_in_fresh_process(prefix, images_file):
     return np.load(out_file)
 
 
-def _train(net, kind, train_loader, epochs, lr, quiet):
-    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
+def _train(net, kind, data, demo_recipe, out_dir, seed, quiet):
+    train_data, val_data = data
+    recipe.prepare_network(net, mx.cpu(), (1, 3, IMAGE_SIZE, IMAGE_SIZE))
     net.hybridize()
-    trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": lr})
+    trainer = recipe.make_trainer(net, demo_recipe, len(train_data), kvstore="local")
     start = time.perf_counter()
-    for epoch in range(epochs):
-        loss, acc = train_epoch(net, trainer, train_loader, desc=f"{kind} epoch {epoch + 1}",
-                                quiet=quiet)
-        if not quiet:
-            print(f"  {kind:6s} epoch {epoch + 1}/{epochs}: loss {loss:.3f}, "
-                  f"train accuracy {acc:.3f}")
+    fit(net, trainer, train_data, demo_recipe.epochs, val_data=val_data, out_dir=out_dir,
+        seed=seed, quiet=quiet, print_fn=lambda line: print(f"  {kind:6s} {line}"))
     return time.perf_counter() - start
 
 
-def run_demo(epochs=8, seed=0, quiet=False, batch_size=64, lr=2e-3):
-    """Runs the demo; returns a dict of the figures it printed, per network."""
+def run_demo(epochs=8, seed=0, quiet=False, batch_size=64, lr=0.01, data_format="recordio"):
+    """Runs the demo; returns a dict of the figures it printed, per network.
+
+    ``data_format`` picks the pipeline the digits go through: ``"recordio"``
+    (``ImageRecordIter``) or ``"folder"`` (gluon ``ImageFolderDataset``). Training logs,
+    checkpoints, curves and the exports are written to a new temporary directory, printed at the
+    end.
+    """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
-    mx.random.seed(seed)
-    np.random.seed(seed)
-    x_train, y_train, x_test, y_test = _digits_rgb(seed)
-    train_loader = gluon.data.DataLoader(gluon.data.ArrayDataset(x_train, y_train), batch_size,
-                                         shuffle=True, last_batch="keep")
+    seed_everything(seed)
+    data = digits_data(data_format, image_size=IMAGE_SIZE, batch_size=batch_size, seed=seed)
+    x_test, y_test = _whole_set(data[1])
     test_loader = gluon.data.DataLoader(gluon.data.ArrayDataset(x_test, y_test), 256)
     shape = (1, 3, IMAGE_SIZE, IMAGE_SIZE)
     sample = mx.nd.array(x_test[:1])
-    print(f"bmxnet-ext demo: handwritten digits (scikit-learn), {len(x_train)} train / "
-          f"{len(x_test)} test images at {IMAGE_SIZE}x{IMAGE_SIZE}, 10 classes")
+    demo_recipe = recipe.get_recipe("meliusnet_flex").replace(
+        epochs=epochs, batch_per_device=batch_size, image_size=IMAGE_SIZE, lr=lr)
+    print(f"bmxnet-ext demo: handwritten digits (scikit-learn) as {data_format}, "
+          f"{data[0].num_samples} train / {len(x_test)} test images at "
+          f"{IMAGE_SIZE}x{IMAGE_SIZE}, 10 classes; {demo_recipe.optimizer} lr {lr} "
+          f"{demo_recipe.schedule}, {epochs} epochs")
 
     binary = build_demo_network(binary=True)
     print("\nThe binary network (MeliusNet, blocks (1, 1, 1), thumbnail stem):")
     totals = summary(binary, shape, print_table=not quiet)
     floating = build_demo_network(binary=False)
-    times = {"binary": _train(binary, "binary", train_loader, epochs, lr, quiet),
-             "float": _train(floating, "float", train_loader, epochs, lr, quiet)}
-
     workdir = tempfile.mkdtemp(prefix="bmxnet_demo_")
+    times = {kind: _train(net, kind, data, demo_recipe, os.path.join(workdir, kind), seed, quiet)
+             for kind, net in (("binary", binary), ("float", floating))}
+
     print("\nchecks:")
     logits = predict(binary, test_loader)
     weights = os.path.join(workdir, "binary.params")
@@ -129,9 +138,9 @@ def run_demo(epochs=8, seed=0, quiet=False, batch_size=64, lr=2e-3):
     _check((packed_logits.argmax(1) == logits.argmax(1)).all(),
            "the packed (xnor) network predicts the classes of the training network")
 
-    prefixes = {"packed": os.path.join(workdir, "packed"),
-                "binary": os.path.join(workdir, "binary"),
-                "float": os.path.join(workdir, "float")}
+    prefixes = {kind: os.path.join(workdir, "export", kind)
+                for kind in ("packed", "binary", "float")}
+    os.makedirs(os.path.join(workdir, "export"))
     for kind, net in (("packed", packed), ("binary", binary), ("float", floating)):
         net.export(prefixes[kind])
     images_file = os.path.join(workdir, "test_images.npy")
@@ -156,6 +165,7 @@ def run_demo(epochs=8, seed=0, quiet=False, batch_size=64, lr=2e-3):
             "latency_ms": _latency_ms(net, sample)}
     results["binary"]["size_mib_paper"] = totals["size_mib"]
     _print_table(results)
+    print(f"\nTraining logs, curves (curves.png), checkpoints and exports: {workdir}")
     return results
 
 
