@@ -27,7 +27,8 @@ def test_demo_refuses_zero_epochs(capsys):
     assert err.strip() == "bmxnet-ext demo: error: epochs must be at least 1, got 0"
 
 
-@pytest.mark.parametrize("argv", [[], ["no-such-command"], ["demo", "--epochs", "x"]])
+@pytest.mark.parametrize("argv", [[], ["no-such-command"], ["demo", "--epochs", "x"],
+                                  ["demo", "--data-format", "csv"]])
 def test_bad_command_lines_exit_2_with_usage(argv, tmp_path):
     result = subprocess.run([sys.executable, "-m", "bmxnet_ext.cli"] + argv,
                             capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
