@@ -365,6 +365,14 @@ def _chart(summaries, e2e_runs, path):
     plt.close(fig)
 
 
+def _engine():
+    """The MXNet engine the workers run on (they inherit MXNET_ENGINE_TYPE)."""
+    engine = os.environ.get("MXNET_ENGINE_TYPE", "ThreadedEnginePerDevice")
+    if engine == "NaiveEngine":
+        return "MXNet's NaiveEngine (operators run in the calling thread)"
+    return f"MXNet's {engine} with one CPU worker"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -413,7 +421,7 @@ def main(argv=None):
     lines = [f"Machine: {_machine()}. Clock: {proc_mhz or float('nan'):.0f} MHz in "
              f"/proc/cpuinfo, {measured_mhz:.0f} MHz measured; cycles counted at "
              f"{clock_hz / 1e6:.0f} MHz. Medians of {args.repeats} runs after warm-up, "
-             "MXNet's threaded engine with one CPU worker.", "",
+             f"{_engine()}.", "",
              "### Targets (issue 5)", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in
               _targets(summaries, e2e_runs)]
