@@ -52,10 +52,17 @@ def _prepared(kind, packed, prefix):
     return packed
 
 
-def _serve_concurrently(nets, inputs):
-    """Each thread calls its network CALLS_PER_THREAD times; returns the outputs per thread."""
-    return run_in_threads(lambda i: [nets[i](inputs[i]).asnumpy()
-                                     for _ in range(CALLS_PER_THREAD)], len(nets))
+def _assert_concurrent_outputs_are_serial(nets, inputs):
+    """Thread i calls nets[i] on inputs[i] CALLS_PER_THREAD times, all threads at once, ROUNDS
+    times; every output must equal the serial one bit for bit."""
+    serial = [net(x).asnumpy() for net, x in zip(nets, inputs)]
+    for _ in range(ROUNDS):
+        results = run_in_threads(lambda i: [nets[i](inputs[i]).asnumpy()
+                                            for _ in range(CALLS_PER_THREAD)], len(nets))
+        for i, outputs in enumerate(results):
+            assert len(outputs) == CALLS_PER_THREAD
+            for output in outputs:
+                np.testing.assert_array_equal(output, serial[i])
 
 
 def _inputs():
@@ -67,13 +74,7 @@ def _inputs():
 def test_four_threads_get_the_outputs_of_serial_inference(kind, packed_meliusnet):
     net = _prepared(kind, *packed_meliusnet)
     inputs = _inputs()
-    serial = [net(x).asnumpy() for x in inputs]
-    for _ in range(ROUNDS):
-        results = _serve_concurrently([net] * THREADS, inputs)
-        for i in range(THREADS):
-            assert len(results[i]) == CALLS_PER_THREAD
-            for output in results[i]:
-                np.testing.assert_array_equal(output, serial[i])
+    _assert_concurrent_outputs_are_serial([net] * THREADS, inputs)
 
 
 def test_threads_with_their_own_imperative_networks_get_serial_outputs(packed_meliusnet):
@@ -83,12 +84,7 @@ def test_threads_with_their_own_imperative_networks_get_serial_outputs(packed_me
     for net in nets:
         net.hybridize(active=False)
     inputs = _inputs()
-    serial = [net(x).asnumpy() for net, x in zip(nets, inputs)]
-    for _ in range(ROUNDS):
-        results = _serve_concurrently(nets, inputs)
-        for i in range(THREADS):
-            for output in results[i]:
-                np.testing.assert_array_equal(output, serial[i])
+    _assert_concurrent_outputs_are_serial(nets, inputs)
 
 
 def test_a_copy_of_a_converted_network_is_guarded_for_itself():

@@ -50,6 +50,8 @@ std::vector<int64_t> word_offsets(const ConvParams& p) {
 
 }  // namespace
 
+int threads_for_floats(double floats, int64_t items) { return threads_for(32 * floats, items); }
+
 int threads_for(double work, int64_t items) {
 #ifdef _OPENMP
   const double useful = std::min<double>(work / kMinWorkPerThread, static_cast<double>(items));
@@ -124,8 +126,9 @@ void binary_conv2d(const ConvInput& in, const uint32_t* weights, const ConvParam
 
   // 1. The planar packed input, one (image, word, band of rows) per item: bands only where
   // there are fewer words than threads could share.
-  const double pack_work = kPackCostInMacs * p.batch * p.in_channels * p.in_h * p.in_w;
-  const int pack_threads = threads_for(pack_work, p.batch * words * p.in_h);
+  const int pack_threads =
+      threads_for_floats(static_cast<double>(p.batch) * p.in_channels * p.in_h * p.in_w,
+                         p.batch * words * p.in_h);
   const int64_t bands =
       std::min<int64_t>(p.in_h, (4 * pack_threads + p.batch * words - 1) / (p.batch * words));
   const int64_t band_rows = (p.in_h + bands - 1) / bands;

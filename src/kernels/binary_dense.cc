@@ -50,7 +50,7 @@ void binary_dense(const float* x, const uint32_t* weights, int64_t batch, int64_
   const IsaKernels& isa = active_kernels();
   const ConvParams p = as_conv(batch, in_units, units);
   const int64_t words = words_for_channels(in_units);
-  const int pack_threads = threads_for(kPackCostInMacs * batch * in_units, words);
+  const int pack_threads = threads_for_floats(static_cast<double>(batch) * in_units, words);
 #pragma omp parallel for schedule(static) num_threads(pack_threads) if (pack_threads > 1)
   for (int64_t j = 0; j < words; ++j) pack_rows(x, batch, in_units, j, j + 1, scratch);
   std::fill(scratch + words * batch, scratch + p.packed_input_words(), 0u);

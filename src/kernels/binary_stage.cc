@@ -40,7 +40,7 @@ void binary_stage(const float* x, const StageParams& s, const std::vector<StageU
   for (const StageUnit& u : units) out_channels += u.improvement ? 0 : s.growth;
   const int64_t plane = s.height * s.width;
   const int64_t copies = s.batch * s.in_channels;
-  const int threads = threads_for(kPackCostInMacs * copies * plane, copies);
+  const int threads = threads_for_floats(static_cast<double>(copies) * plane, copies);
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
   for (int64_t i = 0; i < copies; ++i) {
     const int64_t b = i / s.in_channels, c = i % s.in_channels;

@@ -111,9 +111,10 @@ void run_tiles(const IsaKernels& isa, const TileJob& job, int threads);
 // most omp_get_max_threads(), and 1 for small work.
 int threads_for(double work, int64_t items);
 
-// Reading one float (packing, BatchNorm, pooling) costs about as much time as this many binary
-// MACs: it streams from L2/L3 while a MAC is 1/512 of a register operation.
-constexpr double kPackCostInMacs = 32;
+// The threads worth using for work that streams `floats` floats (packing, BatchNorm, pooling,
+// copies) split into `items` pieces: one float read costs about as much time as 32 binary MACs
+// (it streams from L2/L3 while a MAC is 1/512 of a register operation).
+int threads_for_floats(double floats, int64_t items);
 
 }  // namespace bmx
 

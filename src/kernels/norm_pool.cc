@@ -57,7 +57,7 @@ void norm_relu_pool(const float* x, const float* gamma, const float* beta, const
                     const float* var, const NormPoolParams& p, float* out) {
   const int64_t planes = p.batch * p.channels;
   const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h() * p.out_w();
-  const int threads = threads_for(kPackCostInMacs * planes * in_plane, planes);
+  const int threads = threads_for_floats(static_cast<double>(planes) * in_plane, planes);
 #pragma omp parallel num_threads(threads) if (threads > 1)
   {
     std::vector<float> normalized(in_plane), rows(p.in_w);
