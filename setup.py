@@ -60,8 +60,8 @@ class CMakeExtension(Extension):
 
 class BuildExt(build_ext):
     def get_ext_filename(self, fullname):
-        if fullname == "bmxnet_ext." + OPS_LIBRARY[:-3]:
-            return os.path.join("bmxnet_ext", OPS_LIBRARY)
+        if fullname == "bmxnet_ext.inference." + OPS_LIBRARY[:-3]:
+            return os.path.join("bmxnet_ext", "inference", OPS_LIBRARY)
         return super().get_ext_filename(fullname)
 
     def build_extension(self, ext):
@@ -97,8 +97,8 @@ class BuildExt(build_ext):
 
 def _extensions():
     kernels = Extension(
-        "bmxnet_ext._kernels",
-        sources=["bmxnet_ext/_kernels.pyx"] + KERNEL_SOURCES,
+        "bmxnet_ext.inference._kernels",
+        sources=["bmxnet_ext/inference/_kernels.pyx"] + KERNEL_SOURCES,
         include_dirs=["src"],
         language="c++",
         extra_compile_args=["-O3", "-std=c++17"],
@@ -107,7 +107,7 @@ def _extensions():
         from Cython.Build import cythonize
     except ImportError:
         sys.exit("error: Cython (>= 3.0) is required to build bmxnet_ext: pip install cython")
-    return [CMakeExtension("bmxnet_ext.libbmxnet_ops")] + cythonize(
+    return [CMakeExtension("bmxnet_ext.inference.libbmxnet_ops")] + cythonize(
         [kernels], compiler_directives={"language_level": 3, "boundscheck": False,
                                         "wraparound": False})
 
@@ -143,6 +143,6 @@ setup(
         "cpu": ["mxnet==1.9.1"],
         "test": ["pytest>=7", "pytest-timeout>=2", "hypothesis>=6"],
     },
-    entry_points={"console_scripts": ["bmxnet-ext=bmxnet_ext.cli:main"]},
+    entry_points={"console_scripts": ["bmxnet-ext=bmxnet_ext.apps.cli:main"]},
     zip_safe=False,
 )

@@ -58,7 +58,7 @@ def _timed_ms(fn, repeats, warmup=3):
 
 def _binary_layer_shapes(mx, size=224):
     """Distinct (C_in, H, W, C_out, kernel, stride, pad, dilate, groups) of MeliusNet22 -> count."""
-    from bmxnet_ext.layers import BinaryConvolution
+    from bmxnet_ext.binary.layers import BinaryConvolution
     from bmxnet_ext.model_zoo import get_model
 
     net = get_model("meliusnet22")
@@ -118,7 +118,7 @@ def work_layers(kind, batch, threads, repeats):
     import mxnet as mx
 
     import bmxnet_ext  # noqa: F401  (loads the ops)
-    from bmxnet_ext import kernels
+    from bmxnet_ext.inference import kernels
 
     rng = np.random.RandomState(0)
     rows = []
@@ -160,7 +160,7 @@ def work_e2e(model, batch, threads, repeats):
     import mxnet as mx
 
     import bmxnet_ext
-    from bmxnet_ext import kernels
+    from bmxnet_ext.inference import kernels
 
     shape = (batch, 3, 224, 224)
     x = mx.nd.array(np.random.RandomState(0).standard_normal(shape).astype(np.float32))
@@ -236,7 +236,7 @@ def _clock_mhz():
         proc = max(mhz) if mhz else None
     except OSError:
         pass
-    from bmxnet_ext import _kernels
+    from bmxnet_ext.inference import _kernels
     return proc, _kernels.measured_clock_mhz()
 
 
@@ -392,7 +392,7 @@ def main(argv=None):
         print(json.dumps(_worker(json.loads(args.worker))))
         return 0
 
-    from bmxnet_ext import _kernels
+    from bmxnet_ext.inference import _kernels
     supported = [isa for isa in args.isas if isa in _kernels.supported_isas()]
     if args.quick:
         args.batches, args.threads, args.models = [1], [1], ["meliusnet22"]

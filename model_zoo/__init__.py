@@ -1,5 +1,5 @@
 """The bmxnet_ext model zoo: MeliusNet, BinaryDenseNet and ResNetE, built from
-:mod:`bmxnet_ext.blocks` and reached by name through a registry.
+:mod:`bmxnet_ext.binary.blocks` and reached by name through a registry.
 
 >>> from bmxnet_ext.model_zoo import get_model, list_models
 >>> list_models("meliusnet*")[:2]

@@ -48,5 +48,5 @@ def get_model(name, **kwargs):
 def no_pretrained_weights(name):
     """The error for ``pretrained=True`` on a constructor whose structure its arguments decide."""
     return ValueError(f"{name} has no pretrained weights: its structure is whatever its arguments "
-                      "make it. Load your own with bmxnet_ext.model_store.load_pretrained(net, "
+                      "make it. Load your own with bmxnet_ext.inference.model_store.load_pretrained(net, "
                       "name) after register_pretrained(trained_net, name)")

@@ -7,7 +7,7 @@ widths follow ``round(c * reduction / 32) * 32``. Entry points take the argument
 :mod:`model_zoo.meliusnet`'s entry points (``pretrained``, ``root``, ``ctx``, ``classes``,
 ``stem``, ``input_size``, ``activation``, ``clip_threshold``, ``norm_layer``, ``norm_kwargs``).
 """
-from bmxnet_ext.model_store import load_pretrained
+from bmxnet_ext.inference.model_store import load_pretrained
 
 from ._registry import no_pretrained_weights, register_model
 from .meliusnet import MeliusNet

@@ -2,16 +2,16 @@
 MobileNet-level Accuracy?", arXiv:2001.05936, 2020).
 
 Every entry point takes ``pretrained=False`` (True loads the weights registered under the
-model's name from the local store, see :mod:`bmxnet_ext.model_store`; with ``root`` for the
+model's name from the local store, see :mod:`bmxnet_ext.inference.model_store`; with ``root`` for the
 store directory and ``ctx`` for the device) and the arguments of :class:`MeliusNet` other than
 the spec: ``classes``, ``stem``, ``input_size``, ``activation``, ``clip_threshold``,
 ``norm_layer``, ``norm_kwargs``.
 """
 from mxnet.gluon import HybridBlock, nn
 
-from bmxnet_ext.blocks import (DenseBlock, Head, ImprovementBlock, Stem, Transition,
+from bmxnet_ext.binary.blocks import (DenseBlock, Head, ImprovementBlock, Stem, Transition,
                                check_input_size, reduced_width, resolve_stem)
-from bmxnet_ext.model_store import load_pretrained
+from bmxnet_ext.inference.model_store import load_pretrained
 
 from ._registry import no_pretrained_weights, register_model
 
@@ -43,7 +43,7 @@ class MeliusNet(HybridBlock):
         Output width of each of the ``len(blocks) - 1`` transitions.
     reductions : sequence of float, optional
         Instead of ``transition_widths``: out/in fraction of each transition, rounded to a
-        multiple of 32 by :func:`bmxnet_ext.blocks.reduced_width`.
+        multiple of 32 by :func:`bmxnet_ext.binary.blocks.reduced_width`.
     transition_groups : int
         Groups of the transitions' 1x1 convolutions; > 1 adds a 16-group channel shuffle.
     improvement_blocks : bool
@@ -51,7 +51,7 @@ class MeliusNet(HybridBlock):
     classes : int
         Outputs of the classifier (ImageNet: 1000).
     stem : str or None
-        ``"grouped_stem"``, ``"imagenet"`` or ``"thumbnail"`` (:class:`bmxnet_ext.blocks.Stem`);
+        ``"grouped_stem"``, ``"imagenet"`` or ``"thumbnail"`` (:class:`bmxnet_ext.binary.blocks.Stem`);
         None picks the thumbnail stem for ``input_size <= 64`` and ``default_stem`` otherwise.
     input_size : int
         Height (= width) of the inputs the network is built for; it picks the stem and is checked
@@ -59,7 +59,7 @@ class MeliusNet(HybridBlock):
     growth_rate : int
         Channels each DenseBlock adds (64).
     activation, clip_threshold, norm_layer, norm_kwargs
-        See :mod:`bmxnet_ext.blocks`.
+        See :mod:`bmxnet_ext.binary.blocks`.
 
     Attributes
     ----------

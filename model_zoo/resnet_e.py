@@ -2,7 +2,7 @@
 Scratch?", arXiv:1906.08637, 2019), the Bi-Real-style binary ResNet (Liu et al.: "Bi-Real Net",
 ECCV 2018) that the MeliusNet paper compares against.
 
-Each of ResNet's 3x3 convolutions is one :class:`bmxnet_ext.blocks.ResNetEBlock` with its own
+Each of ResNet's 3x3 convolutions is one :class:`bmxnet_ext.binary.blocks.ResNetEBlock` with its own
 shortcut, so a ResNet basic block becomes two units. Stem: the ``imagenet`` one by default,
 followed by a norm layer so that the first sign sees centred values rather than ReLU outputs
 (which would all binarize to +1). Entry points take ``pretrained``, ``root``, ``ctx`` and the
@@ -10,8 +10,8 @@ arguments of :class:`ResNetE` other than ``blocks``.
 """
 from mxnet.gluon import HybridBlock, nn
 
-from bmxnet_ext.blocks import Head, ResNetEBlock, Stem, check_input_size, resolve_stem
-from bmxnet_ext.model_store import load_pretrained
+from bmxnet_ext.binary.blocks import Head, ResNetEBlock, Stem, check_input_size, resolve_stem
+from bmxnet_ext.inference.model_store import load_pretrained
 
 from ._registry import register_model
 

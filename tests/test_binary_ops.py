@@ -12,7 +12,7 @@ import pytest
 
 import binary_reference as ref
 import bmxnet_ext
-from bmxnet_ext import _kernels as K
+from bmxnet_ext.inference import _kernels as K
 
 
 def _scale(units, seed=2):

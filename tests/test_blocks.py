@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import mxnet as mx
 
-from bmxnet_ext.blocks import (ChannelShuffle, DenseBlock, Head, ImprovementBlock, ResNetEBlock,
+from bmxnet_ext.binary.blocks import (ChannelShuffle, DenseBlock, Head, ImprovementBlock, ResNetEBlock,
                                Stem, Transition, reduced_width, resolve_stem)
 
 

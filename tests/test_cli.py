@@ -4,8 +4,8 @@ import sys
 
 import pytest
 
-from bmxnet_ext.cli import main
-from bmxnet_ext.demo import run_demo
+from bmxnet_ext.apps.cli import main
+from bmxnet_ext.apps.demo import run_demo
 
 
 def test_demo_runs_end_to_end_and_reports_both_networks(capsys):
@@ -30,7 +30,7 @@ def test_demo_refuses_zero_epochs(capsys):
 @pytest.mark.parametrize("argv", [[], ["no-such-command"], ["demo", "--epochs", "x"],
                                   ["demo", "--data-format", "csv"]])
 def test_bad_command_lines_exit_2_with_usage(argv, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bmxnet_ext.cli"] + argv,
+    result = subprocess.run([sys.executable, "-m", "bmxnet_ext.apps.cli"] + argv,
                             capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
     assert result.returncode == 2
     assert "usage: bmxnet-ext" in result.stderr
@@ -74,7 +74,7 @@ def test_convert_an_exported_training_graph(tmp_path):
     import mxnet as mx
     import numpy as np
 
-    from bmxnet_ext.model_card import write_model_card
+    from bmxnet_ext.inference.model_card import write_model_card
     net, _ = _small_trained_net(tmp_path)
     net.hybridize()
     x = np.random.RandomState(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
@@ -91,7 +91,7 @@ def test_predict_prints_top_k_with_class_names(tmp_path, capsys):
     import cv2
     import numpy as np
 
-    from bmxnet_ext.model_card import read_model_card, write_model_card
+    from bmxnet_ext.inference.model_card import read_model_card, write_model_card
     out = tmp_path / "packed"
     assert main(["convert", "meliusnet22", "--out", str(out), "--classes", "10",
                  "--input-size", "32"]) == 0

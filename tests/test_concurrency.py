@@ -11,7 +11,7 @@ import pytest
 
 import bmxnet_ext
 from bmxnet_ext import model_zoo
-from bmxnet_ext.demo import build_demo_network
+from bmxnet_ext.apps.demo import build_demo_network
 from thread_helpers import run_in_threads
 
 SHAPE = (2, 3, 32, 32)
@@ -102,7 +102,7 @@ _THREADS_SCRIPT = """
 import sys
 import numpy as np, mxnet as mx
 import bmxnet_ext
-from bmxnet_ext import _kernels as K
+from bmxnet_ext.inference import _kernels as K
 rng = np.random.RandomState(0)
 x = mx.nd.array(rng.standard_normal((3, 96, 30, 30)).astype(np.float32))
 w = mx.nd.array(K.pack_conv_weights(rng.standard_normal((70, 96, 3, 3)).astype(np.float32)),

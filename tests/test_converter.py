@@ -10,10 +10,10 @@ from mxnet import gluon
 from mxnet.gluon import nn
 
 from bmxnet_ext import model_zoo
-from bmxnet_ext.converter import (ConversionError, XnorConv2D, XnorDense, convert_to_xnor,
+from bmxnet_ext.inference.converter import (ConversionError, XnorConv2D, XnorDense, convert_to_xnor,
                                   load_xnor)
-from bmxnet_ext.demo import build_demo_network
-from bmxnet_ext.layers import BinaryConvolution, QActivation, QConv2D, QDense
+from bmxnet_ext.apps.demo import build_demo_network
+from bmxnet_ext.binary.layers import BinaryConvolution, QActivation, QConv2D, QDense
 
 SMALL_INPUT = (2, 3, 32, 32)
 
@@ -132,7 +132,7 @@ def test_hybridized_export_reloads_in_a_fresh_process(network, tmp_path):
     packed.export(prefix)
     np.save(str(tmp_path / "x.npy"), x)
     script = ("import sys, numpy as np, mxnet as mx, bmxnet_ext; "
-              "from bmxnet_ext.converter import load_xnor; "
+              "from bmxnet_ext.inference.converter import load_xnor; "
               f"net = load_xnor({prefix!r}); "
               f"y = net(mx.nd.array(np.load({str(tmp_path / 'x.npy')!r}))).asnumpy(); "
               f"np.save({str(tmp_path / 'y.npy')!r}, y)")

@@ -1,4 +1,4 @@
-"""Fused packed forms (convert_to_xnor(fuse=True), bmxnet_ext.fusion): BatchNorm folded into
+"""Fused packed forms (convert_to_xnor(fuse=True), bmxnet_ext.inference.fusion): BatchNorm folded into
 thresholds decides every sign as the BatchNorm does; fused networks equal the unfused packed
 networks bit for bit, also after export and reload; the fused operators equal their unfused
 compositions and reject bad input with a message."""
@@ -13,10 +13,12 @@ from mxnet.gluon import nn
 
 import binary_reference as ref
 import bmxnet_ext
-from bmxnet_ext import _kernels as K
-from bmxnet_ext import fusion, model_zoo
-from bmxnet_ext.blocks import BinaryUnit, DenseBlock, ImprovementBlock
-from bmxnet_ext.converter import XnorConv2D, convert_to_xnor
+from bmxnet_ext.inference import _kernels as K
+from bmxnet_ext import model_zoo
+from bmxnet_ext.inference import fusion, packed
+from bmxnet_ext.binary.blocks import BinaryUnit, DenseBlock, ImprovementBlock
+from bmxnet_ext.inference.converter import convert_to_xnor
+from bmxnet_ext.inference.packed import XnorConv2D
 
 SHAPE = (2, 3, 32, 32)
 
@@ -111,7 +113,7 @@ def _stage_pairs(unfused, fused):
     """(XnorBinaryStage, the unfused blocks it replaced) throughout two converted networks."""
     pairs, original = [], list(unfused._children.values())
     for child in fused._children.values():
-        if isinstance(child, fusion.XnorBinaryStage):
+        if isinstance(child, packed.XnorBinaryStage):
             pairs.append((child, original[:len(child._units)]))
             original = original[len(child._units):]
         else:
@@ -157,11 +159,11 @@ def test_fused_meliusnet22_has_one_operator_per_stage_and_transition():
     net = _trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=64,
                                             stem="grouped_stem"), shape=(1, 3, 64, 64))
     fused = convert_to_xnor(net, input_shape=(1, 3, 64, 64), fuse=True)
-    stages = _blocks(fused, fusion.XnorBinaryStage)
+    stages = _blocks(fused, packed.XnorBinaryStage)
     assert [stage._units for stage in stages] == ["di" * 4, "di" * 5, "di" * 4, "di" * 4]
     assert [stage.out_channels for stage in stages] == [320, 480, 480, 512]
     # the stem's tail and the three transitions' heads; the head's BatchNorm stays
-    assert len(_blocks(fused, fusion.NormReluPool)) == 4
+    assert len(_blocks(fused, packed.NormReluPool)) == 4
     assert len(_blocks(fused, nn.BatchNorm)) == 1 + 2  # head + the stem's first two
     x = mx.nd.array(np.random.RandomState(6).standard_normal((1, 3, 64, 64)).astype(np.float32))
     expected = convert_to_xnor(net, input_shape=(1, 3, 64, 64))(x).asnumpy()
@@ -240,13 +242,13 @@ def test_a_fold_that_does_not_verify_keeps_the_batchnorm(monkeypatch):
 
 
 def test_a_norm_relu_pool_that_does_not_reproduce_keeps_the_operators(monkeypatch):
-    real = fusion.NormReluPool.hybrid_forward
-    monkeypatch.setattr(fusion.NormReluPool, "hybrid_forward",
+    real = packed.NormReluPool.hybrid_forward
+    monkeypatch.setattr(packed.NormReluPool, "hybrid_forward",
                         lambda self, F, x, **params: real(self, F, x, **params) + 1e-3)
     net = _trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=32))
     with pytest.warns(UserWarning, match="does not reproduce MXNet's operators"):
         fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
-    assert not _blocks(fused, fusion.NormReluPool)
+    assert not _blocks(fused, packed.NormReluPool)
     assert len(_blocks(fused, nn.MaxPool2D)) == 3
 
 

@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 from mxnet.gluon import nn
 
 from bmxnet_ext import model_zoo
-from bmxnet_ext.converter import XnorConv2D, XnorDense, convert_to_xnor
-from bmxnet_ext.layers import BinaryConvolution, QActivation, QConv2D, QDense
+from bmxnet_ext.inference.converter import convert_to_xnor
+from bmxnet_ext.inference.packed import XnorConv2D, XnorDense
+from bmxnet_ext.binary.layers import BinaryConvolution, QActivation, QConv2D, QDense
 from test_fuzz_ops import SPECIALS, float_arrays
 
 # BMXNET_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_*.py searches deeper.

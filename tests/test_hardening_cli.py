@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from bmxnet_ext import model_zoo
-from bmxnet_ext.cli import main
-from bmxnet_ext.model_card import read_model_card, write_model_card
+from bmxnet_ext.apps.cli import main
+from bmxnet_ext.inference.model_card import read_model_card, write_model_card
 
 
 def _fails_with_one_line(argv, capsys, message):
@@ -119,7 +119,7 @@ def test_input_too_large_for_memory_is_one_line(tmp_path):
     def limit():
         resource.setrlimit(resource.RLIMIT_AS, (16 * 2 ** 30, 16 * 2 ** 30))
 
-    result = subprocess.run([sys.executable, "-m", "bmxnet_ext.cli", "convert", "meliusnet_flex",
+    result = subprocess.run([sys.executable, "-m", "bmxnet_ext.apps.cli", "convert", "meliusnet_flex",
                              "--out", str(tmp_path), "--input-size", "100000"],
                             capture_output=True, text=True, timeout=300, cwd=str(tmp_path),
                             preexec_fn=limit)
@@ -216,7 +216,7 @@ def test_convert_an_export_whose_params_are_damaged(tmp_path, capsys):
 
 
 def test_the_console_script_prints_no_traceback(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "bmxnet_ext.cli", "summary", "meliusnet22",
+    result = subprocess.run([sys.executable, "-m", "bmxnet_ext.apps.cli", "summary", "meliusnet22",
                              "--input-size", "0"], capture_output=True, text=True, timeout=120,
                             cwd=str(tmp_path))
     assert result.returncode == 2

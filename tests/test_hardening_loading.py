@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from bmxnet_ext import convert_to_xnor, load_xnor, model_zoo
-from bmxnet_ext.cli import main
-from bmxnet_ext.model_card import (ModelFileError, load_exported_parameters, read_model_card,
+from bmxnet_ext.apps.cli import main
+from bmxnet_ext.inference.model_card import (ModelFileError, load_exported_parameters, read_model_card,
                                    write_model_card)
-from bmxnet_ext.ops import OpsLibraryError
+from bmxnet_ext.inference.ops import OpsLibraryError
 
 SHAPE = (1, 3, 32, 32)
 
@@ -88,7 +88,7 @@ _CORRUPTION_FUZZ = r"""
 import random, sys, traceback
 import mxnet as mx
 from bmxnet_ext import load_xnor
-from bmxnet_ext.model_card import ModelFileError
+from bmxnet_ext.inference.model_card import ModelFileError
 prefix, cases = sys.argv[1], int(sys.argv[2])
 original = open(prefix + "-0000.params", "rb").read()
 outcomes = []
@@ -245,7 +245,7 @@ def test_missing_library_named_by_environment_is_explained(export, tmp_path, kin
                             text=True, env=env, timeout=300, cwd=str(tmp_path))
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("bmxnet_ext.ops.OpsLibraryError: bmx_* operators are unavailable")
+    assert last.startswith("bmxnet_ext.inference.ops.OpsLibraryError: bmx_* operators are unavailable")
     assert problem in last and "BMXNET_OPS_LIBRARY" in last
 
 
@@ -254,7 +254,7 @@ def test_cli_with_a_missing_library_prints_one_line(export, tmp_path):
     image = str(tmp_path / "image.png")
     cv2.imwrite(image, (np.random.RandomState(0).rand(40, 40, 3) * 255).astype(np.uint8))
     env = dict(os.environ, BMXNET_OPS_LIBRARY=str(tmp_path / "none.so"))
-    result = subprocess.run([sys.executable, "-m", "bmxnet_ext.cli", "predict", export[1], image],
+    result = subprocess.run([sys.executable, "-m", "bmxnet_ext.apps.cli", "predict", export[1], image],
                             capture_output=True, text=True, env=env, timeout=300,
                             cwd=str(tmp_path))
     assert result.returncode == 2

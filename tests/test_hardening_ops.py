@@ -75,6 +75,6 @@ def test_a_failure_does_not_break_later_calls():
 
 def test_sanitizer_environment_is_not_required_here():
     """The suite runs against the installed library unless BMXNET_OPS_LIBRARY says otherwise."""
-    from bmxnet_ext import ops
+    from bmxnet_ext.inference import ops
     named = os.environ.get("BMXNET_OPS_LIBRARY")
     assert ops.LIBRARY_PATH == (named or ops.INSTALLED_LIBRARY)

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import binary_reference as ref
 import bmxnet_ext
-from bmxnet_ext import _kernels as K
+from bmxnet_ext.inference import _kernels as K
 
 KERNEL_NAMES = {"avx512": "avx512-vpopcntdq", "avx2": "avx2-vpshufb",
                 "scalar": ("scalar-popcnt", "scalar-portable")}
@@ -130,8 +130,8 @@ _OP_SCRIPT = """
 import ctypes, sys
 import numpy as np, mxnet as mx
 import bmxnet_ext
-from bmxnet_ext import _kernels as K
-lib = ctypes.CDLL(bmxnet_ext.ops.LIBRARY_PATH)
+from bmxnet_ext.inference import _kernels as K
+lib = ctypes.CDLL(bmxnet_ext.inference.ops.LIBRARY_PATH)
 lib.bmx_kernel_name.restype = ctypes.c_char_p
 rng = np.random.RandomState(0)
 x = rng.standard_normal((2, 100, 9, 11)).astype(np.float32)
@@ -223,7 +223,7 @@ def _unguarded_simd(library):
 
 
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="needs objdump")
-@pytest.mark.parametrize("library", [bmxnet_ext.ops.LIBRARY_PATH, K.__file__],
+@pytest.mark.parametrize("library", [bmxnet_ext.inference.ops.LIBRARY_PATH, K.__file__],
                          ids=["op-library", "cython-bindings"])
 def test_simd_instructions_appear_only_in_dispatched_functions(library):
     """AVX/AVX-512 code outside the avx2/avx512 namespaces (e.g. a std:: template instantiated in
@@ -232,7 +232,7 @@ def test_simd_instructions_appear_only_in_dispatched_functions(library):
 
 
 def test_op_library_reports_the_same_kernel_as_the_bindings():
-    lib = ctypes.CDLL(bmxnet_ext.ops.LIBRARY_PATH)
+    lib = ctypes.CDLL(bmxnet_ext.inference.ops.LIBRARY_PATH)
     lib.bmx_kernel_name.restype = ctypes.c_char_p
     assert lib.bmx_kernel_name().decode() in [name for names in KERNEL_NAMES.values()
                                               for name in np.atleast_1d(names)]

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import binary_reference as ref
-from bmxnet_ext import _kernels as K
+from bmxnet_ext.inference import _kernels as K
 
 
 def _conv_inputs(case, seed=0):

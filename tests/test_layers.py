@@ -7,7 +7,7 @@ import pytest
 from mxnet import gluon
 from mxnet.gluon import nn
 
-from bmxnet_ext.layers import BinaryConvolution, QConv2D, QDense
+from bmxnet_ext.binary.layers import BinaryConvolution, QConv2D, QDense
 
 
 def np_sign(a):

@@ -19,7 +19,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bmxnet_ext import convert_to_xnor, load_xnor, model_zoo, ops
+from bmxnet_ext import convert_to_xnor, load_xnor, model_zoo
+from bmxnet_ext.inference import ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = ("meliusnet_flex", dict(classes=10, input_size=32, blocks=(1, 1, 1, 1)))
@@ -130,7 +131,8 @@ _COUNT_SCRIPT = r"""
 import ctypes, json, sys
 import mxnet as mx
 import numpy as np
-from bmxnet_ext import convert_to_xnor, model_zoo, ops
+from bmxnet_ext import convert_to_xnor, model_zoo
+from bmxnet_ext.inference import ops
 
 def library_range(path):
     ranges = []

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import mxnet as mx
 
-from bmxnet_ext import model_store
-from bmxnet_ext.model_store import (ChecksumError, load_pretrained, pretrained_file,
+from bmxnet_ext.inference import model_store
+from bmxnet_ext.inference.model_store import (ChecksumError, load_pretrained, pretrained_file,
                                     register_pretrained, store_root)
 from bmxnet_ext.model_zoo import get_model
 

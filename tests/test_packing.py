@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import bmxnet_ext
-from bmxnet_ext import ops
-from bmxnet_ext.kernels import pack_bits, unpack_bits
+from bmxnet_ext.inference import ops
+from bmxnet_ext.inference.kernels import pack_bits, unpack_bits
 
 
 def numpy_pack(x):
@@ -153,10 +153,10 @@ def test_broken_library_is_reported_not_crashed(tmp_path):
     """A file that is no loadable library: the import survives and says how to rebuild."""
     broken = tmp_path / "libbmxnet_ops.so"
     broken.write_bytes(b"\x7fELF this is not a shared object")
-    code = ("import bmxnet_ext.ops as o; "
+    code = ("import bmxnet_ext.inference.ops as o; "
             f"print(o.load_library({str(broken)!r})); o.require()")
     # A fresh interpreter whose first load_library() is the broken file.
-    script = ("import sys, bmxnet_ext.ops as o; o._state.update(loaded=False, error=None); "
+    script = ("import sys, bmxnet_ext.inference.ops as o; o._state.update(loaded=False, error=None); "
               + code.split("; ", 1)[1])
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             timeout=120, cwd=str(tmp_path))

@@ -3,8 +3,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bmxnet_ext import quantizers
-from bmxnet_ext.layers import QActivation
+from bmxnet_ext.binary import quantizers
+from bmxnet_ext.binary.layers import QActivation
 
 SPECIAL = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-38, -1e-38, 1e-45, -1e-45],
                    dtype=np.float32)

@@ -2,7 +2,7 @@
 helpful errors for unknown names, pattern listing."""
 import pytest
 
-from bmxnet_ext.cli import main
+from bmxnet_ext.apps.cli import main
 from bmxnet_ext.model_zoo import _registry, get_model, list_models, register_model
 
 

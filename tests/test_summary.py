@@ -5,10 +5,10 @@ import pytest
 import mxnet as mx
 from mxnet.gluon import nn
 
-from bmxnet_ext.cli import main
-from bmxnet_ext.layers import QConv2D, QDense
+from bmxnet_ext.apps.cli import main
+from bmxnet_ext.binary.layers import QConv2D, QDense
 from bmxnet_ext.model_zoo import get_model
-from bmxnet_ext.summary import layer_table, summary
+from bmxnet_ext.binary.summary import layer_table, summary
 
 
 def _meliusnet_counts(blocks, transitions, groups, classes=1000):

@@ -6,8 +6,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bmxnet_ext import data, pipelines, records
-from bmxnet_ext.pipelines import Augmentation, ImageFolderData, RecordData, ShardSampler
+from bmxnet_ext.training import data, pipelines, records
+from bmxnet_ext.training.pipelines import Augmentation, ImageFolderData, RecordData, ShardSampler
 from train_helpers import CLASSES, colour, decode, write_image_folder
 
 PER_CLASS = 8

@@ -7,9 +7,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bmxnet_ext import launcher
-from bmxnet_ext.distributed import WorkerSync, create_kvstore
-from bmxnet_ext.records import folder_to_recordio
+from bmxnet_ext.training import launcher
+from bmxnet_ext.training.distributed import WorkerSync, create_kvstore
+from bmxnet_ext.training.records import folder_to_recordio
 from train_helpers import write_image_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -143,7 +143,7 @@ class _FakeDistStore:
 def test_fit_refuses_a_trainer_that_reduces_on_its_own_kvstore():
     from mxnet import gluon
 
-    from bmxnet_ext.fit import fit
+    from bmxnet_ext.training.fit import fit
 
     net = gluon.nn.Dense(2, in_units=3)
     net.initialize()

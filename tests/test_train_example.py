@@ -114,7 +114,7 @@ def test_launch_needs_a_command():
 
 
 def test_im2rec_packs_folders_that_train_py_reads(data_dir, tmp_path):
-    from bmxnet_ext.pipelines import RecordData, open_image_data
+    from bmxnet_ext.training.pipelines import RecordData, open_image_data
 
     done = _run("im2rec.py", data_dir, str(tmp_path), "--resize", "8", "--workers", "2")
     assert done.returncode == 0, done.stderr

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 from mxnet import gluon
 
-from bmxnet_ext import fit, recipe
-from bmxnet_ext.checkpoint import CheckpointError, CheckpointManager, atomic_write
-from bmxnet_ext.export import export_float
-from bmxnet_ext.pipelines import Augmentation, open_image_data
-from bmxnet_ext.records import folder_to_recordio
-from bmxnet_ext.training import NonFiniteLossError
+from bmxnet_ext.training import fit, recipe
+from bmxnet_ext.training.checkpoint import CheckpointError, CheckpointManager
+from bmxnet_ext.utils.files import atomic_write
+from bmxnet_ext.inference.export import export_float
+from bmxnet_ext.training.pipelines import Augmentation, open_image_data
+from bmxnet_ext.training.records import folder_to_recordio
+from bmxnet_ext.training.loop import NonFiniteLossError
 from train_helpers import tiny_net, write_image_folder
 
 TESTS = os.path.dirname(os.path.abspath(__file__))

@@ -5,8 +5,8 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from bmxnet_ext import optim  # noqa: F401  (registers "radam")
-from bmxnet_ext.optim import RAdam, make_lr_scheduler
+from bmxnet_ext.training import optim  # noqa: F401  (registers "radam")
+from bmxnet_ext.training.optim import RAdam, make_lr_scheduler
 
 
 def radam_reference(weight, grads, lr, beta1, beta2, eps, wd=0.0, rescale=1.0, clip=None,

@@ -6,8 +6,9 @@ import pytest
 from mxnet import autograd, gluon
 from mxnet.gluon import nn
 
-from bmxnet_ext import QConv2D, recipe
-from bmxnet_ext.optim import RAdam
+from bmxnet_ext import QConv2D
+from bmxnet_ext.training import recipe
+from bmxnet_ext.training.optim import RAdam
 
 try:
     from bmxnet_ext.model_zoo import get_model, list_models

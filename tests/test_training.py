@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from mxnet import gluon
 
-from bmxnet_ext.data import digits_arrays, digits_datasets
-from bmxnet_ext.training import (NonFiniteLossError, evaluate, evaluate_metrics, predict,
+from bmxnet_ext.training.data import digits_arrays, digits_datasets
+from bmxnet_ext.training.loop import (NonFiniteLossError, evaluate, evaluate_metrics, predict,
                                  train_epoch)
 
 

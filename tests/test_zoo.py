@@ -5,8 +5,8 @@ import pytest
 import mxnet as mx
 from mxnet import autograd, gluon
 
-from bmxnet_ext.blocks import ChannelShuffle, DenseBlock, ImprovementBlock, ResNetEBlock
-from bmxnet_ext.layers import BinaryConvolution
+from bmxnet_ext.binary.blocks import ChannelShuffle, DenseBlock, ImprovementBlock, ResNetEBlock
+from bmxnet_ext.binary.layers import BinaryConvolution
 from bmxnet_ext.model_zoo import get_model, list_models
 
 MODELS = list_models()

@@ -36,7 +36,7 @@ LIBRARY = "libbmxnet_ops.so"
 _CHECK = r"""
 import ctypes, os, sys
 import bmxnet_ext
-from bmxnet_ext import ops
+from bmxnet_ext.inference import ops
 expected = os.environ["BMXNET_OPS_LIBRARY"]
 maps = open("/proc/self/maps").read()
 problems = [what for what, ok in [

@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from bmxnet_ext.records import folder_to_recordio
+from bmxnet_ext.training.records import folder_to_recordio
 
 
 def _parser():

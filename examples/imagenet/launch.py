@@ -15,7 +15,7 @@ import argparse
 import signal
 import sys
 
-from bmxnet_ext.launcher import ClusterError, launch_local, launch_ssh
+from bmxnet_ext.training.launcher import ClusterError, launch_local, launch_ssh
 
 
 def _parser():

@@ -18,11 +18,11 @@ import sys
 
 import mxnet as mx
 
-from bmxnet_ext import data, fit, pipelines, recipe
-from bmxnet_ext.distributed import KVSTORES, create_kvstore, is_distributed
-from bmxnet_ext.export import export_float, export_packed
+from bmxnet_ext.training import data, fit, pipelines, recipe
+from bmxnet_ext.training.distributed import KVSTORES, create_kvstore, is_distributed
+from bmxnet_ext.inference.export import export_float, export_packed
 from bmxnet_ext.model_zoo import get_model, list_models
-from bmxnet_ext.optim import SCHEDULES
+from bmxnet_ext.training.optim import SCHEDULES
 
 
 def _parser():

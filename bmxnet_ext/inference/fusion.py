@@ -21,19 +21,19 @@ spends most of its time:
   the transitions' head): the same float values as MXNet's three operators on a plain NCHW
   input, checked on a probe before it replaces them.
 """
-import warnings
 from collections import OrderedDict
 
 import mxnet as mx
 import numpy as np
-from mxnet.gluon import HybridBlock, nn
+from mxnet.gluon import nn
 
+from ..binary.blocks import BinaryUnit, DenseBlock, ImprovementBlock
+from ..binary.layers import BinaryConvolution
+from ..utils.blocktree import replace_child
 from . import kernels
-from .blocks import BinaryUnit, DenseBlock, ImprovementBlock
-from .converter import _OP_NODE_NAME, XnorConv2D
-from .layers import BinaryConvolution
+from .packed import NormReluPool, XnorBinaryStage, XnorConv2D
 
-__all__ = ["fold_batchnorm", "XnorBinaryStage", "NormReluPool", "fuse_binary_units"]
+__all__ = ["fold_batchnorm", "fuse_binary_units"]
 
 # Ordered keys of the float32 numbers (key order = value order, -0 just below +0).
 _SIGN_BIT = 0x80000000
@@ -164,126 +164,31 @@ def _stage_geometry(conv):
     return layer._channels, kernel, dilate, layer.pad_value, layer.offset
 
 
-class XnorBinaryStage(HybridBlock):
-    """Packed inference form of a run of dense / improvement units (one ``bmx_binary_stage``).
-
-    Unit ``i`` reads the first ``C_i`` channels of the stage's buffer (``C_0 = in_channels``),
-    binarizes them by its folded BatchNorm and either appends ``growth`` channels (``"d"``,
-    :class:`~bmxnet_ext.blocks.DenseBlock`) or adds into the last ``growth`` (``"i"``,
-    :class:`~bmxnet_ext.blocks.ImprovementBlock`). Built by :meth:`from_blocks`; parameters
-    ``unit{i}_packed_weight`` (int32), ``unit{i}_threshold_sign`` and
-    ``unit{i}_threshold_bias`` (float32, ``(C_i,)``).
-    """
-
-    def __init__(self, in_channels, units, growth, kernel, dilate, pad_value, offset, **kwargs):
-        super().__init__(**kwargs)
-        self._units = units
-        self._attrs = {"in_channels": in_channels, "growth": growth, "units": units,
-                       "kernel": kernel, "dilate": dilate, "offset": offset,
-                       "pad_value": int(pad_value)}
-        self.out_channels = in_channels + growth * units.count("d")
-        channels = in_channels
-        with self.name_scope():
-            for i, kind in enumerate(units):
-                words = -(-channels // 32)
-                setattr(self, f"unit{i}_packed_weight", self.params.get(
-                    f"unit{i}_packed_weight", shape=(growth,) + tuple(kernel) + (words,),
-                    dtype="int32", grad_req="null", init=mx.init.Zero()))
-                for part in ("sign", "bias"):
-                    setattr(self, f"unit{i}_threshold_{part}", self.params.get(
-                        f"unit{i}_threshold_{part}", shape=(channels,), grad_req="null",
-                        init=mx.init.Zero()))
-                channels += growth if kind == "d" else 0
-
-    @classmethod
-    def from_blocks(cls, blocks, prefix):
-        """The stage of ``blocks`` (DenseBlock / ImprovementBlock), or None if one of them has
-        no exact fused form (a stride, groups, scaling, a bias, another norm layer...)."""
-        geometries = {_stage_geometry(b.unit.conv) for b in blocks}
-        if len(geometries) != 1 or None in geometries:
+def _stage_from_blocks(blocks, prefix):
+    """The :class:`XnorBinaryStage` of ``blocks`` (DenseBlock / ImprovementBlock), or None if one of them has
+    no exact fused form (a stride, groups, scaling, a bias, another norm layer...)."""
+    geometries = {_stage_geometry(b.unit.conv) for b in blocks}
+    if len(geometries) != 1 or None in geometries:
+        return None
+    growth, kernel, dilate, pad_value, offset = geometries.pop()
+    folds, channels = [], blocks[0].in_channels
+    for block in blocks:
+        fold = _foldable_norm(block.unit.norm, channels)
+        if fold is None:
             return None
-        growth, kernel, dilate, pad_value, offset = geometries.pop()
-        folds, channels = [], blocks[0].in_channels
-        for block in blocks:
-            fold = _foldable_norm(block.unit.norm, channels)
-            if fold is None:
-                return None
-            folds.append(fold)
-            channels += growth if isinstance(block, DenseBlock) else 0
-        units = "".join("d" if isinstance(b, DenseBlock) else "i" for b in blocks)
-        stage = cls(blocks[0].in_channels, units, growth, kernel, dilate, pad_value, offset,
-                    prefix=prefix)
-        stage.initialize()
-        for i, (block, (sign, bias)) in enumerate(zip(blocks, folds)):
-            layer = block.unit.conv.conv
-            packed = kernels.pack_conv_weights(layer.weight.data().asnumpy())
-            getattr(stage, f"unit{i}_packed_weight").set_data(mx.nd.array(packed, dtype="int32"))
-            getattr(stage, f"unit{i}_threshold_sign").set_data(mx.nd.array(sign))
-            getattr(stage, f"unit{i}_threshold_bias").set_data(mx.nd.array(bias))
-        return stage
-
-    def __repr__(self):
-        return (f"{type(self).__name__}({self._attrs['in_channels']} -> {self.out_channels}, "
-                f"units={self._units!r}, growth={self._attrs['growth']}, "
-                f"kernel={self._attrs['kernel']}, dilate={self._attrs['dilate']})")
-
-    def hybrid_forward(self, F, x, **params):
-        inputs = [x]
-        for i in range(len(self._units)):
-            inputs += [params[f"unit{i}_packed_weight"], params[f"unit{i}_threshold_sign"],
-                       params[f"unit{i}_threshold_bias"]]
-        return F.bmx_binary_stage(*inputs, name=_OP_NODE_NAME, **self._attrs)
-
-
-class NormReluPool(HybridBlock):
-    """``MaxPool(ReLU(BatchNorm(x)))`` (= ``ReLU(MaxPool(BatchNorm(x)))``) as one
-    ``bmx_norm_relu_pool`` operator, sharing the BatchNorm's parameters (same names in an
-    export). Built by :meth:`from_layers`."""
-
-    def __init__(self, norm, pool_kwargs, **kwargs):
-        super().__init__(prefix=norm.prefix, params=norm.params, **kwargs)
-        self._attrs = {"eps": norm._kwargs["eps"], "fix_gamma": norm._kwargs["fix_gamma"],
-                       "kernel": tuple(pool_kwargs["kernel"]),
-                       "stride": tuple(pool_kwargs["stride"]), "pad": tuple(pool_kwargs["pad"])}
-        with self.name_scope():
-            for name in ("gamma", "beta", "running_mean", "running_var"):
-                setattr(self, name, self.params.get(name))
-
-    @classmethod
-    def from_layers(cls, layers):
-        """The fused form of ``[BatchNorm, MaxPool2D, relu]`` or ``[BatchNorm, relu, MaxPool2D]``
-        (in that order in a HybridSequential), or None when they are something else or the fused
-        operator does not reproduce them exactly on a probe."""
-        if len(layers) != 3 or not isinstance(layers[0], nn.BatchNorm):
-            return None
-        norm, pools = layers[0], [b for b in layers[1:] if isinstance(b, nn.MaxPool2D)]
-        relus = [b for b in layers[1:] if isinstance(b, nn.Activation)
-                 and b._act_type == "relu"]
-        if (len(pools) != 1 or len(relus) != 1 or norm._kwargs.get("axis", 1) != 1
-                or norm.fuse_relu):
-            return None
-        pool = pools[0]._kwargs
-        if (pool.get("pool_type") != "max" or pool.get("global_pool")
-                or pool.get("pooling_convention", "valid") != "valid"
-                or pool.get("layout", "NCHW") not in ("NCHW", None)
-                or any(p >= k for p, k in zip(pool["pad"], pool["kernel"]))):
-            return None
-        block = cls(norm, pool)
-        channels = norm.gamma.shape[0]
-        probe = np.random.RandomState(0).standard_normal((2, channels, 13, 11)) * 2
-        probe = mx.nd.array(probe.astype(np.float32))
-        expected = probe
-        for layer in layers:
-            expected = layer(expected)
-        if not np.array_equal(block(probe).asnumpy(), expected.asnumpy()):
-            warnings.warn(f"{norm.name}: the fused BatchNorm -> ReLU -> max pooling does not "
-                          "reproduce MXNet's operators; keeping them", stacklevel=3)
-            return None
-        return block
-
-    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
-        return F.bmx_norm_relu_pool(x, gamma, beta, running_mean, running_var,
-                                    name=_OP_NODE_NAME, **self._attrs)
+        folds.append(fold)
+        channels += growth if isinstance(block, DenseBlock) else 0
+    units = "".join("d" if isinstance(b, DenseBlock) else "i" for b in blocks)
+    stage = XnorBinaryStage(blocks[0].in_channels, units, growth, kernel, dilate, pad_value, offset,
+                prefix=prefix)
+    stage.initialize()
+    for i, (block, (sign, bias)) in enumerate(zip(blocks, folds)):
+        layer = block.unit.conv.conv
+        packed = kernels.pack_conv_weights(layer.weight.data().asnumpy())
+        getattr(stage, f"unit{i}_packed_weight").set_data(mx.nd.array(packed, dtype="int32"))
+        getattr(stage, f"unit{i}_threshold_sign").set_data(mx.nd.array(sign))
+        getattr(stage, f"unit{i}_threshold_bias").set_data(mx.nd.array(bias))
+    return stage
 
 
 def _stageable(block):
@@ -313,7 +218,7 @@ def _replace_runs(sequential):
         j = i
         while j < len(children) and _stageable(children[j]):
             j += 1
-        stage = (XnorBinaryStage.from_blocks(children[i:j], f"{children[i].prefix}xnorstage_")
+        stage = (_stage_from_blocks(children[i:j], f"{children[i].prefix}xnorstage_")
                  if j > i else None)
         if stage is None:
             merged.append(children[i])
@@ -336,15 +241,12 @@ def fuse_binary_units(block):
     for key, child in list(block._children.items()):
         new = None
         if _stageable(child):
-            new = XnorBinaryStage.from_blocks([child], f"{child.prefix}xnorstage_")
+            new = _stage_from_blocks([child], f"{child.prefix}xnorstage_")
         elif isinstance(child, BinaryUnit):
             new = _fused_unit(child)
         if new is None:
             fused += fuse_binary_units(child)
             continue
-        block._children[key] = new
-        for attr, value in list(vars(block).items()):
-            if value is child:
-                object.__setattr__(block, attr, new)
+        replace_child(block, key, new)
         fused += 1
     return fused

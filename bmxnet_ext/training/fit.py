@@ -23,7 +23,7 @@ import numpy as np
 from .checkpoint import CheckpointManager
 from .distributed import WorkerSync
 from .history import TrainingLog
-from .training import NonFiniteLossError, evaluate_metrics, train_epoch_metrics
+from .loop import NonFiniteLossError, evaluate_metrics, train_epoch_metrics
 
 __all__ = ["FitResult", "fit", "seed_everything"]
 

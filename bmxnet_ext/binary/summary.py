@@ -19,6 +19,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn
 
+from ..utils.blocktree import named_blocks
 from .layers import QConv2D, QDense
 
 __all__ = ["summary", "layer_table"]
@@ -27,17 +28,6 @@ _POOLS = (nn.MaxPool2D, nn.AvgPool2D, nn.GlobalAvgPool2D, nn.GlobalMaxPool2D)
 _CONVS = (nn.Conv1D, nn.Conv2D, nn.Conv3D)
 _TRANSPOSED = (nn.Conv1DTranspose, nn.Conv2DTranspose, nn.Conv3DTranspose)
 _MIB = float(1 << 20)
-
-
-def _named_blocks(block, path="", seen=None):
-    # Attribute paths of all blocks, each block once even if it is registered twice.
-    seen = set() if seen is None else seen
-    if id(block) in seen:
-        return
-    seen.add(id(block))
-    yield path, block
-    for name, child in block._children.items():
-        yield from _named_blocks(child, f"{path}.{name}" if path else name, seen)
 
 
 def _kind(block):
@@ -71,7 +61,7 @@ def layer_table(net, input_shape):
         raise ValueError(f"input_shape must be (batch, channels, ...) with positive sizes, "
                          f"got {input_shape}")
     calls, handles = [], []
-    for name, block in _named_blocks(net):
+    for name, block in named_blocks(net):
         kind = _kind(block)
         if kind is not None:
             hook = (lambda b, args, out, name=name, kind=kind:

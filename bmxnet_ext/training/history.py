@@ -1,6 +1,6 @@
 """The per-epoch training log a user looks at: ``log.csv``, ``log.json`` and ``curves.png``.
 
-Files are rewritten whole after every epoch through :func:`~bmxnet_ext.checkpoint.atomic_write`,
+Files are rewritten whole after every epoch through :func:`~bmxnet_ext.utils.files.atomic_write`,
 so a reader never sees half a row. The plot uses matplotlib's Agg canvas directly (no pyplot, no
 change of the user's backend).
 """
@@ -8,7 +8,7 @@ import csv
 import json
 import os
 
-from .checkpoint import atomic_write
+from ..utils.files import atomic_write
 
 __all__ = ["TrainingLog", "plot_curves"]
 

@@ -21,11 +21,12 @@ import numpy as np
 from mxnet import gluon
 from mxnet.gluon.data.vision import transforms
 
+from ..utils.imagenet import IMAGENET_MEAN, IMAGENET_STD, eval_resize, eval_transform, normalize_steps
+
 __all__ = ["MEAN_RGB", "STD_RGB", "Augmentation", "train_transform", "val_transform",
            "ShardSampler", "ImageFolderData", "RecordData", "open_image_data"]
 
-MEAN_RGB = (123.68, 116.779, 103.939)
-STD_RGB = (58.393, 57.12, 57.375)
+MEAN_RGB, STD_RGB = IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -72,7 +73,7 @@ class Augmentation:
     @property
     def val_resize(self):
         """Shorter side of validation images before the center crop."""
-        return self.resize if self.resize is not None else int(round(self.size / 0.875))
+        return self.resize if self.resize is not None else eval_resize(self.size)
 
 
 def train_transform(aug=Augmentation()):
@@ -81,20 +82,13 @@ def train_transform(aug=Augmentation()):
                                           ratio=tuple(aug.ratio))]
     if aug.flip:
         steps.append(transforms.RandomFlipLeftRight())
-    return transforms.Compose(steps + _to_normalized_tensor(aug))
+    return transforms.Compose(steps + normalize_steps(aug.mean, aug.std))
 
 
 def val_transform(aug=Augmentation()):
-    """gluon transform of a validation image: resize shorter side, center crop, normalize."""
-    return transforms.Compose([transforms.Resize(aug.val_resize, keep_ratio=True),
-                               transforms.CenterCrop(aug.size)] + _to_normalized_tensor(aug))
-
-
-def _to_normalized_tensor(aug):
-    # ToTensor divides by 255, so the 0-255 statistics are divided too: (x - mean) / std.
-    return [transforms.ToTensor(),
-            transforms.Normalize(tuple(m / 255 for m in aug.mean),
-                                 tuple(s / 255 for s in aug.std))]
+    """gluon transform of a validation image: resize shorter side, center crop, normalize
+    (:func:`bmxnet_ext.utils.imagenet.eval_transform`, which prediction uses too)."""
+    return eval_transform(aug.size, aug.mean, aug.std, aug.val_resize)
 
 
 class ShardSampler(gluon.data.Sampler):

@@ -12,16 +12,16 @@ or the ``root`` given to each function. A model ``NAME`` is two files there:
 :func:`register_pretrained` writes both from a trained network or a checkpoint file;
 ``get_model(NAME, pretrained=True)`` calls :func:`load_pretrained`.
 """
-import hashlib
 import os
 import re
 import shutil
-import tempfile
 
 import mxnet as mx
 
+from ..utils.files import atomic_write, sha256_file
+
 __all__ = ["ChecksumError", "store_root", "pretrained_file", "load_pretrained",
-           "register_pretrained", "sha256_file"]
+           "register_pretrained"]
 
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
@@ -36,15 +36,6 @@ def store_root(root=None):
     if root is None:
         root = os.path.join(os.environ.get("MXNET_HOME", os.path.join("~", ".mxnet")), "models")
     return os.path.abspath(os.path.expanduser(root))
-
-
-def sha256_file(path, chunk_size=1 << 20):
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(chunk_size), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _paths(name, root):
@@ -103,18 +94,6 @@ def load_pretrained(net, name, root=None, ctx=None):
     return net
 
 
-def _atomic_write(directory, final_path, write):
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(final_path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, final_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def register_pretrained(net_or_params_file, name, root=None):
     """Puts trained weights into the store under ``name`` and records their SHA-256.
 
@@ -144,11 +123,11 @@ def register_pretrained(net_or_params_file, name, root=None):
         raise TypeError("register_pretrained takes a Gluon block or the path of a params file, "
                         f"got {type(net_or_params_file).__name__}")
     os.makedirs(directory, exist_ok=True)
-    _atomic_write(directory, params, write)
+    atomic_write(params, write)
     line = f"{sha256_file(params)}  {os.path.basename(params)}\n"
 
     def write_checksum(tmp):
         with open(tmp, "w") as f:
             f.write(line)
-    _atomic_write(directory, checksum, write_checksum)
+    atomic_write(checksum, write_checksum)
     return params

@@ -20,12 +20,12 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-from . import recipe
-from .converter import convert_to_xnor
-from .data import digits_data
-from .fit import fit, seed_everything
-from .summary import summary
-from .training import evaluate, predict
+from ..training import recipe
+from ..inference.converter import convert_to_xnor
+from ..training.data import digits_data
+from ..training.fit import fit, seed_everything
+from ..binary.summary import summary
+from ..training.loop import evaluate, predict
 
 IMAGE_SIZE = 16
 # A MeliusNet with one DenseBlock + ImprovementBlock per stage: small enough to train in a
@@ -36,7 +36,7 @@ DEMO_ARCHITECTURE = dict(blocks=(1, 1, 1), reductions=(1 / 2, 1 / 2), stem="thum
 
 def build_demo_network(binary, classes=10):
     """The demo's MeliusNet (``binary=True``) or its full-precision twin (``binary=False``)."""
-    from . import model_zoo  # the CLI's demo may use the zoo; the core package does not
+    from .. import model_zoo  # the CLI's demo may use the zoo; the core package does not
 
     return model_zoo.get_model("meliusnet_flex", classes=classes,
                                activation="det_sign" if binary else "relu", **DEMO_ARCHITECTURE)

@@ -18,16 +18,15 @@ import numpy as np
 from mxnet import gluon
 from mxnet.gluon import HybridBlock
 
-from . import kernels, ops
-from .layers import BinaryConvolution, QActivation, QConv2D, QDense
+from ..binary.layers import BinaryConvolution, QActivation, QConv2D, QDense
+from ..utils.blocktree import replace_child
+from . import ops
+from .fusion import fuse_binary_units
 from .model_card import (ModelFileError, check_params_checksum, read_model_card,
                          read_params_file)
+from .packed import XnorConv2D, XnorDense
 
 __all__ = ["XnorConv2D", "XnorDense", "ConversionError", "convert_to_xnor", "load_xnor"]
-
-# Node names of the packed operators carry this hint: MXNet names the failing node when it cannot
-# find an operator, so loading an exported packed model without `import bmxnet_ext` says what to do.
-_OP_NODE_NAME = "fwd__load_with_import_bmxnet_ext"
 
 # MXNet 1.9.1 deadlocks when several Python threads push operators at once: threads calling one
 # hybridized block (even a float one with no bmx_* operator), or each its own non-hybridized
@@ -40,128 +39,6 @@ _PUSH_LOCK = threading.RLock()
 
 class ConversionError(ValueError):
     """A network (or one of its layers) cannot be converted to an exactly equal packed form."""
-
-
-def _words(bits):
-    return -(-bits // 32)
-
-
-def _output_attrs(layer):
-    """The output convention of a trained binary layer, as operator attributes."""
-    return {"offset": layer.offset and not layer.scaling, "scaling": layer.scaling}
-
-
-class XnorConv2D(HybridBlock):
-    """Packed inference form of a binary convolution: ``sign`` of the float input, then
-    xnor-popcount against packed weights, in one C++ operator (``bmx_binary_conv2d``).
-
-    Built by :func:`convert_to_xnor` from a trained layer with :meth:`from_layer`; computes exactly
-    what the training layer computes (±1 padding, ``(dot + K) / 2`` / ``dot`` / ``dot * scale``).
-    Parameters: ``packed_weight`` (int32 bit words, layout of ``src/kernels/binary_conv.h``),
-    ``scale`` (float32, only for scaled layers), ``bias`` (only if the layer had one) and
-    ``threshold_sign`` / ``threshold_bias`` (float32, only with ``thresholds``: a BatchNorm before
-    the sign folded in, bit = ``threshold_sign * x >= threshold_bias``, see
-    :mod:`bmxnet_ext.fusion`).
-    """
-
-    def __init__(self, channels, in_channels, kernel_size, strides, padding, dilation, groups,
-                 offset, scaling, pad_value, use_bias, thresholds=False, **kwargs):
-        super().__init__(**kwargs)
-        self._attrs = {"kernel": kernel_size, "stride": strides, "pad": padding,
-                       "dilate": dilation, "num_filter": channels, "num_group": groups,
-                       "in_channels": in_channels, "offset": offset, "scaling": scaling,
-                       "pad_value": int(pad_value)}
-        if thresholds:
-            self._attrs["thresholds"] = True
-        packed_shape = (channels,) + tuple(kernel_size) + (_words(in_channels // groups),)
-        with self.name_scope():
-            self.packed_weight = self.params.get("packed_weight", shape=packed_shape,
-                                                 dtype="int32", grad_req="null",
-                                                 init=mx.init.Zero())
-            self.scale = (self.params.get("scale", shape=(channels,), grad_req="null",
-                                          init=mx.init.One()) if scaling else None)
-            self.bias = (self.params.get("bias", shape=(channels,), grad_req="null",
-                                         init=mx.init.Zero()) if use_bias else None)
-            self.threshold_sign, self.threshold_bias = (
-                (self.params.get(f"threshold_{part}", shape=(in_channels,), grad_req="null",
-                                 init=mx.init.Zero()) for part in ("sign", "bias"))
-                if thresholds else (None, None))
-
-    @classmethod
-    def from_layer(cls, conv, thresholds=None):
-        """Packs the weights of a trained binary ``QConv2D`` (its input binarized by it or by a
-        preceding sign) into a new, initialized ``XnorConv2D``; ``thresholds``, a pair of
-        float32 arrays ``(sign, bias)`` per input channel, replaces that sign by
-        ``sign * x >= bias``."""
-        kw = conv._kwargs
-        block = cls(conv._channels, conv._in_channels, tuple(kw["kernel"]), tuple(kw["stride"]),
-                    tuple(conv.padding), tuple(kw["dilate"]), kw["num_group"],
-                    pad_value=conv.pad_value, use_bias=conv.bias is not None, prefix=conv.prefix,
-                    thresholds=thresholds is not None, **_output_attrs(conv))
-        block.initialize()
-        latent = conv.weight.data().asnumpy()
-        block.packed_weight.set_data(mx.nd.array(
-            kernels.pack_conv_weights(latent, kw["num_group"]), dtype="int32"))
-        if block.scale is not None:
-            # the training graph's own reduction, so that the scale matches it to the last bit
-            block.scale.set_data(mx.nd.mean(mx.nd.abs(conv.weight.data()), axis=(1, 2, 3)))
-        if block.bias is not None:
-            block.bias.set_data(conv.bias.data())
-        if thresholds is not None:
-            block.threshold_sign.set_data(mx.nd.array(thresholds[0]))
-            block.threshold_bias.set_data(mx.nd.array(thresholds[1]))
-        return block
-
-    def hybrid_forward(self, F, x, packed_weight, scale=None, bias=None, threshold_sign=None,
-                       threshold_bias=None):
-        inputs = [x, packed_weight] + ([scale] if scale is not None else [])
-        if threshold_sign is not None:
-            inputs += [threshold_sign, threshold_bias]
-        y = F.bmx_binary_conv2d(*inputs, name=_OP_NODE_NAME, **self._attrs)
-        if bias is not None:
-            y = F.broadcast_add(y, bias.reshape((1, -1, 1, 1)))
-        return y
-
-
-class XnorDense(HybridBlock):
-    """Packed inference form of a binary fully connected layer (``bmx_binary_dense``); see
-    :class:`XnorConv2D`. Flattens its input like ``nn.Dense`` (or, with ``flatten=False``,
-    applies to the last axis)."""
-
-    def __init__(self, units, in_units, offset, scaling, use_bias, flatten=True, **kwargs):
-        super().__init__(**kwargs)
-        self._attrs = {"num_hidden": units, "in_units": in_units, "offset": offset,
-                       "scaling": scaling, "flatten": flatten}
-        with self.name_scope():
-            self.packed_weight = self.params.get(
-                "packed_weight", shape=(units, _words(in_units)), dtype="int32",
-                grad_req="null", init=mx.init.Zero())
-            self.scale = (self.params.get("scale", shape=(units,), grad_req="null",
-                                          init=mx.init.One()) if scaling else None)
-            self.bias = (self.params.get("bias", shape=(units,), grad_req="null",
-                                         init=mx.init.Zero()) if use_bias else None)
-
-    @classmethod
-    def from_layer(cls, dense):
-        """Packs the weights of a trained binary ``QDense`` with an input quantizer."""
-        block = cls(dense._units, dense._in_units, use_bias=dense.bias is not None,
-                    flatten=dense._flatten, prefix=dense.prefix, **_output_attrs(dense))
-        block.initialize()
-        latent = dense.weight.data().asnumpy()
-        block.packed_weight.set_data(mx.nd.array(kernels.pack_dense_weights(latent),
-                                                 dtype="int32"))
-        if block.scale is not None:
-            block.scale.set_data(mx.nd.mean(mx.nd.abs(dense.weight.data()), axis=1))
-        if block.bias is not None:
-            block.bias.set_data(dense.bias.data())
-        return block
-
-    def hybrid_forward(self, F, x, packed_weight, scale=None, bias=None):
-        inputs = [x, packed_weight] + ([scale] if scale is not None else [])
-        y = F.bmx_binary_dense(*inputs, name=_OP_NODE_NAME, **self._attrs)
-        if bias is not None:
-            y = F.broadcast_add(y, bias)
-        return y
 
 
 def _packed_replacement(block):
@@ -193,10 +70,7 @@ def _replace_children(block):
         if new is None:
             replaced += _replace_children(child)
             continue
-        block._children[key] = new
-        for attr, value in list(vars(block).items()):
-            if value is child:
-                object.__setattr__(block, attr, new)
+        replace_child(block, key, new)
         replaced += 1
     return replaced
 
@@ -257,7 +131,6 @@ def convert_to_xnor(net, input_shape=None, verify=True, seed=0, fuse=False):
                               "a single binary unit")
     fused = 0
     if fuse:
-        from .fusion import fuse_binary_units  # fusion builds on this module's blocks
         fused = fuse_binary_units(converted)
     if fused + _replace_children(converted) == 0:
         raise ConversionError(f"{net.name} has no binary unit to convert")

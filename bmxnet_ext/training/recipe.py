@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import mxnet as mx
 from mxnet import gluon
 
+from ..utils.blocktree import iter_blocks
 from . import optim
 from .distributed import create_kvstore, is_distributed
 
@@ -73,18 +74,12 @@ def exclude_norm_from_wd(net):
     """Sets ``wd_mult = 0`` on every BatchNorm scale and shift (gamma, beta) of ``net``; binary
     layers already exempt their latent weights. Returns the names changed."""
     names = []
-    for block in _blocks(net):
+    for block in iter_blocks(net):
         if isinstance(block, (gluon.nn.BatchNorm, gluon.contrib.nn.SyncBatchNorm)):
             for param in (block.gamma, block.beta):
                 param.wd_mult = 0.0
                 names.append(param.name)
     return names
-
-
-def _blocks(block):
-    yield block
-    for child in block._children.values():
-        yield from _blocks(child)
 
 
 def prepare_network(net, ctx=mx.cpu(), input_shape=None, init=None):

@@ -12,13 +12,14 @@ renamed into place, and only then is ``latest.json`` replaced (temp file + ``os.
 commit. A crash, ``SIGKILL`` or Ctrl-C at any point leaves the previous commit untouched, and
 :meth:`CheckpointManager.load` checks the hashes before it changes anything.
 """
-import hashlib
 import json
 import os
 import re
 import shutil
 
-__all__ = ["CheckpointError", "atomic_write", "CheckpointManager"]
+from ..utils.files import atomic_write_json, fsync_dir, fsync_file, sha256_file
+
+__all__ = ["CheckpointError", "CheckpointManager"]
 
 _NAME = re.compile(r"^epoch-(\d{4,})$")
 _FILES = ("net.params", "trainer.states", "meta.json")
@@ -26,49 +27,6 @@ _FILES = ("net.params", "trainer.states", "meta.json")
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, incomplete, corrupt, or does not fit the network."""
-
-
-def _fsync_dir(path):
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # directories cannot be opened on some platforms; rename is still atomic
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path):
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
-
-
-def atomic_write(path, write):
-    """Calls ``write(temp_path)`` and moves the result onto ``path`` atomically.
-
-    ``write`` creates the file it is given. Until it returns and the file is on disk, ``path``
-    keeps its previous content; on any exception (KeyboardInterrupt included) the temporary file
-    is removed and the exception propagates.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    temp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    try:
-        write(temp)
-        _fsync_file(temp)
-        os.replace(temp, path)
-    finally:
-        if os.path.exists(temp):
-            os.remove(temp)
-    _fsync_dir(directory)
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class CheckpointManager:
@@ -116,19 +74,18 @@ class CheckpointManager:
             with open(os.path.join(temp, "meta.json"), "w") as f:
                 json.dump(dict(meta, epoch=epoch), f, indent=1, sort_keys=True)
             for file in _FILES:
-                _fsync_file(os.path.join(temp, file))
-            hashes = {file: _sha256(os.path.join(temp, file)) for file in _FILES}
+                fsync_file(os.path.join(temp, file))
+            hashes = {file: sha256_file(os.path.join(temp, file)) for file in _FILES}
             record = self.latest()
             if os.path.exists(final):
                 if record is not None and record["dir"] == name:
                     raise CheckpointError(f"epoch {epoch} is already committed in {final}")
                 shutil.rmtree(final)  # left over by a run that died before committing it
             os.rename(temp, final)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
         finally:
             shutil.rmtree(temp, ignore_errors=True)
-        atomic_write(self.pointer, lambda path: _write_json(path, {"epoch": epoch, "dir": name,
-                                                                    "files": hashes}))
+        atomic_write_json(self.pointer, {"epoch": epoch, "dir": name, "files": hashes})
         self._prune(keep_name=name)
         return final
 
@@ -150,7 +107,7 @@ class CheckpointManager:
         folder = os.path.join(self.directory, record["dir"])
         for file, digest in record["files"].items():
             path = os.path.join(folder, file)
-            if not os.path.exists(path) or _sha256(path) != digest:
+            if not os.path.exists(path) or sha256_file(path) != digest:
                 raise CheckpointError(f"checkpoint file {path} is missing or does not match the "
                                       "hash recorded at commit time")
         with open(os.path.join(folder, "meta.json")) as f:
@@ -164,7 +121,3 @@ class CheckpointManager:
             trainer.load_states(os.path.join(folder, "trainer.states"))
         return meta
 
-
-def _write_json(path, obj):
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)

@@ -18,8 +18,8 @@ import tempfile
 
 import mxnet as mx
 
-from .model_card import ModelFileError
-from .ops import OpsLibraryError
+from ..inference.model_card import ModelFileError
+from ..inference.ops import OpsLibraryError
 
 
 def _cmd_demo(args):
@@ -29,8 +29,8 @@ def _cmd_demo(args):
 
 
 def _cmd_summary(args):
-    from . import model_zoo
-    from .summary import summary
+    from .. import model_zoo
+    from ..binary.summary import summary
     net = model_zoo.get_model(args.name, classes=args.classes, stem=args.stem,
                               input_size=args.input_size)
     size = args.input_size
@@ -41,8 +41,8 @@ def _cmd_summary(args):
 
 def _trained_network(source, args):
     """(net, model name, model kwargs, input size) for a zoo name or an export prefix."""
-    from . import model_zoo
-    from .model_card import load_exported_parameters, read_model_card
+    from .. import model_zoo
+    from ..inference.model_card import load_exported_parameters, read_model_card
 
     if os.path.exists(f"{source}-symbol.json") or os.path.exists(f"{source}-model.json"):
         card = read_model_card(source)
@@ -68,7 +68,7 @@ def _trained_network(source, args):
 
 def _load_weights(net, params_file, model, kwargs):
     """``net.load_parameters`` with errors that say which file does not fit which network."""
-    from .model_card import read_params_file
+    from ..inference.model_card import read_params_file
 
     names = set(read_params_file(params_file))  # a damaged or truncated file: its own message
     built = ", ".join(f"{k}={v}" for k, v in kwargs.items() if v is not None) or "defaults"
@@ -96,8 +96,8 @@ def _file_size(path):
 
 
 def _cmd_convert(args):
-    from .converter import convert_to_xnor
-    from .model_card import write_model_card
+    from ..inference.converter import convert_to_xnor
+    from ..inference.model_card import write_model_card
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out} exists and is not a directory")
@@ -141,8 +141,8 @@ def _preprocess(path, size, mean, std):
 def _cmd_predict(args):
     import numpy as np
 
-    from .converter import load_xnor
-    from .model_card import IMAGENET_MEAN, IMAGENET_STD, read_model_card
+    from ..inference.converter import load_xnor
+    from ..inference.model_card import IMAGENET_MEAN, IMAGENET_STD, read_model_card
 
     card = read_model_card(args.prefix) or {"input_size": args.input_size or 224,
                                             "mean": IMAGENET_MEAN, "std": IMAGENET_STD,

@@ -9,14 +9,13 @@ preprocess images; :func:`bmxnet_ext.load_xnor` checks the params file against i
 import json
 import os
 
-from .model_store import sha256_file
+from ..utils.files import atomic_write_json, sha256_file
+from ..utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "ModelFileError", "card_path", "write_model_card",
+__all__ = ["ModelFileError", "card_path", "write_model_card",
            "read_model_card", "check_params_checksum", "read_params_file",
            "load_exported_parameters"]
 
-IMAGENET_MEAN = (123.68, 116.779, 103.939)
-IMAGENET_STD = (58.393, 57.12, 57.375)
 
 
 class ModelFileError(ValueError):
@@ -46,10 +45,7 @@ def write_model_card(prefix, model, model_kwargs=None, input_size=224, mean=IMAG
             "class_names": class_names, "packed": bool(packed),
             "params_sha256": sha256_file(params_file) if os.path.isfile(params_file) else None}
     path = card_path(prefix)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(card, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_json(path, card)
     return path
 
 

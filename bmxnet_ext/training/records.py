@@ -12,6 +12,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 import mxnet as mx
 
+from ..utils.files import replacing
+
 __all__ = ["IMAGE_EXTENSIONS", "list_image_folder", "folder_to_recordio", "read_classes"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -88,8 +90,7 @@ def folder_to_recordio(root, prefix, shuffle=True, seed=0, resize=None, quality=
     jobs = [(i, items[i][0], items[i][1], resize, quality, encoding) for i in order]
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     targets = [f"{prefix}.rec", f"{prefix}.idx", f"{prefix}.classes"]
-    temps = [f"{path}.tmp-{os.getpid()}" for path in targets]
-    try:
+    with replacing(*targets) as temps:
         record = mx.recordio.MXIndexedRecordIO(temps[1], temps[0], "w")
         try:
             if workers > 1:
@@ -104,12 +105,6 @@ def folder_to_recordio(root, prefix, shuffle=True, seed=0, resize=None, quality=
             record.close()
         with open(temps[2], "w") as f:
             f.write("".join(f"{name}\n" for name in classes))
-        for temp, target in zip(temps, targets):
-            os.replace(temp, target)
-    finally:
-        for temp in temps:
-            if os.path.exists(temp):
-                os.remove(temp)
     return len(items)
 
 
