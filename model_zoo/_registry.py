@@ -1,6 +1,7 @@
 """The model registry: ``@register_model``, :func:`get_model`, :func:`list_models`."""
 import difflib
 import fnmatch
+import functools
 
 __all__ = ["register_model", "get_model", "list_models", "no_pretrained_weights"]
 
@@ -9,14 +10,25 @@ _MODELS = {}
 
 def register_model(fn):
     """Registers a network constructor under its function name; a second one of that name is
-    refused with ValueError."""
+    refused with ValueError. Networks it builds carry ``model_name`` and ``model_kwargs`` (the
+    keyword arguments given, ``pretrained`` left out), which export records."""
     name = fn.__name__
     if name in _MODELS:
         previous = _MODELS[name]
         raise ValueError(f"a model named {name!r} is already registered (by "
                          f"{previous.__module__}.{previous.__qualname__})")
-    _MODELS[name] = fn
-    return fn
+
+    @functools.wraps(fn)
+    def build(**kwargs):
+        net = fn(**kwargs)
+        # What rebuilds this network: bmxnet_ext.export records it in the model card.
+        net.model_name = name
+        net.model_kwargs = {key: value for key, value in kwargs.items()
+                            if key != "pretrained" and value is not None}
+        return net
+
+    _MODELS[name] = build
+    return build
 
 
 def list_models(pattern=None):
@@ -48,5 +60,6 @@ def get_model(name, **kwargs):
 def no_pretrained_weights(name):
     """The error for ``pretrained=True`` on a constructor whose structure its arguments decide."""
     return ValueError(f"{name} has no pretrained weights: its structure is whatever its arguments "
-                      "make it. Load your own with bmxnet_ext.inference.model_store.load_pretrained(net, "
-                      "name) after register_pretrained(trained_net, name)")
+                      "make it. Load your own with "
+                      "bmxnet_ext.inference.model_store.load_pretrained(net, name) after "
+                      "register_pretrained(trained_net, name)")

@@ -86,6 +86,7 @@ class MeliusNet(HybridBlock):
             raise ValueError(f"{len(blocks)} stages need {len(blocks) - 1} transition widths or "
                              f"reductions, got {len(transition_spec)}")
         self.stem_name = resolve_stem(stem, input_size, self.default_stem)
+        self.input_size = input_size
         self.blocks, self.transition_groups, self.classes = blocks, transition_groups, classes
         unit = dict(activation=activation, clip_threshold=clip_threshold, norm_layer=norm_layer,
                     norm_kwargs=norm_kwargs)

@@ -59,6 +59,7 @@ class ResNetE(HybridBlock):
         if len(widths) != len(blocks):
             raise ValueError(f"{len(blocks)} stages need {len(blocks)} widths, got {widths}")
         self.stem_name = resolve_stem(stem, input_size, self.default_stem)
+        self.input_size = input_size
         self.blocks, self.classes, self.transitions = blocks, classes, ()
         norm = dict(norm_layer=norm_layer, norm_kwargs=norm_kwargs)
         unit = dict(activation=activation, clip_threshold=clip_threshold, **norm)

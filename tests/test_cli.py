@@ -74,14 +74,13 @@ def test_convert_an_exported_training_graph(tmp_path):
     import mxnet as mx
     import numpy as np
 
-    from bmxnet_ext.inference.model_card import write_model_card
+    import bmxnet_ext
     net, _ = _small_trained_net(tmp_path)
     net.hybridize()
     x = np.random.RandomState(1).standard_normal((1, 3, 32, 32)).astype(np.float32)
     expected = net(mx.nd.array(x)).asnumpy()
     prefix = str(tmp_path / "float")
-    net.export(prefix)
-    write_model_card(prefix, "meliusnet22", {"classes": 10, "input_size": 32}, input_size=32)
+    bmxnet_ext.export(net, prefix, packed=False)
     assert main(["convert", prefix, "--out", str(tmp_path / "packed")]) == 0
     np.testing.assert_allclose(_packed_outputs(str(tmp_path / "packed" / "meliusnet22"), x),
                                expected, rtol=1e-5, atol=1e-4)

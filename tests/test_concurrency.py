@@ -93,9 +93,59 @@ def test_a_copy_of_a_converted_network_is_guarded_for_itself():
     shape = (1, 3, 16, 16)
     converted = bmxnet_ext.convert_to_xnor(net, input_shape=shape)
     twin = copy.deepcopy(converted)
-    assert twin.forward.__self__ is twin and converted.forward.__self__ is converted
+    assert isinstance(twin, bmxnet_ext.ThreadSafeBlock) and twin.block is not converted.block
     x = mx.nd.array(np.random.RandomState(0).standard_normal(shape).astype(np.float32))
     np.testing.assert_array_equal(twin(x).asnumpy(), converted(x).asnumpy())
+
+
+@pytest.mark.parametrize("guard", ["wrapper", "context-manager"])
+def test_users_guard_their_own_float_network(guard):
+    # Gluon float networks deadlock MXNet 1.9.1 when threads share them; guarded, they do not.
+    net = build_demo_network(binary=False, classes=4)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    net.hybridize()
+    inputs = [mx.nd.array(np.random.RandomState(i).standard_normal((1 + i % 2, 3, 16, 16))
+                          .astype(np.float32)) for i in range(THREADS)]
+    if guard == "wrapper":
+        _assert_concurrent_outputs_are_serial([bmxnet_ext.ThreadSafeBlock(net)] * THREADS,
+                                              inputs)
+        return
+
+    def call(x):
+        with bmxnet_ext.push_lock():
+            y = net(x)
+        return y  # waiting for the values happens outside the lock
+    serial = [call(x).asnumpy() for x in inputs]
+    for _ in range(ROUNDS):
+        results = run_in_threads(lambda i: call(inputs[i]).asnumpy(), THREADS)
+        for i, output in enumerate(results):
+            np.testing.assert_array_equal(output, serial[i])
+
+
+def test_the_push_lock_is_reentrant_and_released_after_an_error():
+    outer = bmxnet_ext.ThreadSafeBlock(bmxnet_ext.ThreadSafeBlock(mx.gluon.nn.Dense(2, in_units=3)))
+    outer.initialize()
+    assert outer(mx.nd.ones((1, 3))).shape == (1, 2)  # a guarded network calling a guarded one
+    with pytest.raises(mx.base.MXNetError):
+        outer(mx.nd.ones((1, 4)))
+    assert run_in_threads(lambda i: outer(mx.nd.ones((1, 3))).shape, 2) == [(1, 2), (1, 2)]
+
+
+def test_the_wrapper_exports_the_graph_and_names_of_the_network(tmp_path):
+    net = build_demo_network(binary=False, classes=4)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    wrapped = bmxnet_ext.ThreadSafeBlock(net)
+    wrapped.hybridize()
+    x = mx.nd.array(np.random.RandomState(0).standard_normal((2, 3, 16, 16)).astype(np.float32))
+    expected = wrapped(x).asnumpy()
+    wrapped.export(str(tmp_path / "w"))
+    assert sorted(mx.nd.load(str(tmp_path / "w-0000.params"))) == sorted(
+        f"arg:{name}" if not name.endswith(("running_mean", "running_var")) else f"aux:{name}"
+        for name in net.collect_params())
+    reloaded = mx.gluon.SymbolBlock.imports(str(tmp_path / "w-symbol.json"), ["data"],
+                                            str(tmp_path / "w-0000.params"))
+    np.testing.assert_allclose(reloaded(x).asnumpy(), expected, rtol=1e-5, atol=1e-6)
+    assert wrapped.classes == net.classes  # attribute reads pass through
 
 
 _THREADS_SCRIPT = """

@@ -10,7 +10,8 @@ from mxnet import gluon
 from mxnet.gluon import nn
 
 from bmxnet_ext import model_zoo
-from bmxnet_ext.inference.converter import (ConversionError, XnorConv2D, XnorDense, convert_to_xnor,
+from bmxnet_ext.inference.packed import XnorConv2D, XnorDense
+from bmxnet_ext.inference.converter import (ConversionError, convert_to_xnor,
                                   load_xnor)
 from bmxnet_ext.apps.demo import build_demo_network
 from bmxnet_ext.binary.layers import BinaryConvolution, QActivation, QConv2D, QDense
@@ -142,13 +143,80 @@ def test_hybridized_export_reloads_in_a_fresh_process(network, tmp_path):
     np.testing.assert_array_equal(np.load(str(tmp_path / "y.npy")), expected)
 
 
-def test_original_network_is_left_untouched():
-    net = _trained_like(_MixedNet())
+def _snapshot(net):
+    return {name: [d.asnumpy() for d in param.list_data()]
+            for name, param in net.collect_params().items()}
+
+
+@pytest.mark.parametrize("fuse", [False, True], ids=["plain", "fused"])
+@pytest.mark.parametrize("state", ["imperative", "hybridized-unrun", "hybridized-run"])
+def test_the_callers_network_is_left_untouched(state, fuse):
+    net = _zoo_model("meliusnet_flex")
     x = mx.nd.random.normal(shape=SMALL_INPUT)
-    before = net(x).asnumpy()
-    convert_to_xnor(net, input_shape=SMALL_INPUT)
-    assert isinstance(net.unit, BinaryConvolution)
-    np.testing.assert_array_equal(net(x).asnumpy(), before)
+    if state != "imperative":
+        net.hybridize()
+    if state == "hybridized-run":
+        net(x)
+    cached = (net._cached_op, net._cached_graph)
+    before, params = net(x).asnumpy() if state != "hybridized-unrun" else None, _snapshot(net)
+    convert_to_xnor(net, input_shape=SMALL_INPUT, fuse=fuse)
+    assert (net._cached_op, net._cached_graph) == cached  # no graph built, none cleared
+    after = _snapshot(net)
+    assert after.keys() == params.keys()
+    for name in params:
+        for a, b in zip(after[name], params[name]):
+            np.testing.assert_array_equal(a, b)
+    assert isinstance(net.features, nn.HybridSequential)
+    if before is not None:
+        np.testing.assert_array_equal(net(x).asnumpy(), before)
+
+
+def _mixed_net_on(contexts):
+    net = _MixedNet()
+    net.initialize(mx.init.Xavier(magnitude=2), ctx=contexts)
+    return net
+
+
+@pytest.mark.parametrize("kvstore", ["device", "local", None])
+def test_a_network_trained_on_two_devices_converts(kvstore):
+    contexts = [mx.cpu(0), mx.cpu(1)]
+    net = _mixed_net_on(contexts)
+    trainer = gluon.Trainer(net.collect_params(), "sgd", {"learning_rate": 0.1},
+                            kvstore=kvstore)
+    rng = np.random.RandomState(0)
+    data = mx.nd.array(rng.standard_normal((4,) + SMALL_INPUT[1:]).astype(np.float32))
+    label = mx.nd.array(rng.randint(0, 3, 4).astype(np.float32))
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    with mx.autograd.record():
+        losses = [loss_fn(net(x), y) for x, y in zip(gluon.utils.split_and_load(data, contexts),
+                                                      gluon.utils.split_and_load(label, contexts))]
+    mx.autograd.backward(losses)
+    trainer.step(4)  # the parameters now belong to a Trainer with a KVStore (or none)
+    packed = convert_to_xnor(net, input_shape=SMALL_INPUT)
+    # BatchNorm statistics differ per device; like export, the conversion takes their mean
+    averaged = _mixed_net_on(mx.cpu())
+    for mine, theirs in zip(averaged.collect_params().values(), net.collect_params().values()):
+        mine.set_data(sum(d.as_in_context(mx.cpu()) for d in theirs.list_data()) / 2)
+    x = mx.nd.random.normal(shape=SMALL_INPUT)
+    np.testing.assert_allclose(packed(x).asnumpy(), averaged(x).asnumpy(), rtol=1e-4, atol=1e-4)
+    assert {c for p in packed.collect_params().values() for c in p.list_ctx()} == {mx.cpu()}
+
+
+def test_deferred_parameters_are_refused_until_a_forward_pass():
+    net = nn.HybridSequential()
+    net.add(BinaryConvolution(8, in_channels=3), nn.Dense(3))  # Dense: in_units unknown
+    net.initialize()
+    with pytest.raises(ConversionError, match="has no shape yet .*run the network once"):
+        convert_to_xnor(net, input_shape=SMALL_INPUT, verify=False)
+    net(mx.nd.zeros(SMALL_INPUT))
+    x = mx.nd.random.normal(shape=SMALL_INPUT)
+    np.testing.assert_allclose(convert_to_xnor(net, input_shape=SMALL_INPUT, verify=False)(x)
+                               .asnumpy(), net(x).asnumpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_an_uninitialized_network_is_refused():
+    with pytest.raises(ConversionError, match="is not initialized"):
+        convert_to_xnor(_MixedNet(), input_shape=SMALL_INPUT)
 
 
 def test_symbolblock_imports_works_after_import_bmxnet_ext(tmp_path):

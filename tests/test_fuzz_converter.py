@@ -240,4 +240,4 @@ def test_converted_units_are_the_packed_blocks():
                                                          input_quantizer="det_sign"))
     _train_like(net, (1, 4, 6, 6), np.random.RandomState(0), latent_specials=False)
     packed = convert_to_xnor(net, input_shape=(1, 4, 6, 6))
-    assert [type(b) for b in packed._children.values()] == [XnorConv2D, XnorDense]
+    assert [type(b) for b in packed.block._children.values()] == [XnorConv2D, XnorDense]

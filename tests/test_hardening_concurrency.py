@@ -3,7 +3,7 @@ what the training network returns for its input (batch sizes mixed, threads rele
 for the converter's output (imperative, hybridized, fused) and for the reloaded export
 (load_xnor). Failing calls in some threads do not disturb the others. (Gluon's own
 SymbolBlock.imports is not tested: shared by threads it deadlocks MXNet 1.9.1 even for float
-networks, see converter._PUSH_LOCK.)
+networks, see bmxnet_ext.inference.threads.)
 """
 import mxnet as mx
 import numpy as np

@@ -15,7 +15,7 @@ from mxnet import gluon
 from bmxnet_ext.training import fit, recipe
 from bmxnet_ext.training.checkpoint import CheckpointError, CheckpointManager
 from bmxnet_ext.utils.files import atomic_write
-from bmxnet_ext.inference.export import export_float
+from bmxnet_ext.inference.deploy import export
 from bmxnet_ext.training.pipelines import Augmentation, open_image_data
 from bmxnet_ext.training.records import folder_to_recordio
 from bmxnet_ext.training.loop import NonFiniteLossError
@@ -228,11 +228,12 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 def test_export_float_reloads_with_the_same_outputs(folder, tmp_path):
     net, _, _, val = _setup(folder)
-    symbol, params = export_float(net, str(tmp_path / "export" / "tiny"), (1, 3, 8, 8))
-    reloaded = gluon.SymbolBlock.imports(symbol, ["data"], params)
+    files = export(net, str(tmp_path / "export" / "tiny"), packed=False, input_shape=(1, 3, 8, 8))
+    reloaded = gluon.SymbolBlock.imports(files.symbol, ["data"], files.params)
     x = next(iter(val))[0]
     np.testing.assert_allclose(reloaded(x).asnumpy(), net(x).asnumpy(), rtol=1e-5, atol=1e-6)
-    assert sorted(os.listdir(tmp_path / "export")) == ["tiny-0000.params", "tiny-symbol.json"]
+    assert sorted(os.listdir(tmp_path / "export")) == ["tiny-0000.params", "tiny-model.json",
+                                                       "tiny-symbol.json"]
 
 
 def test_two_devices_compute_the_one_device_gradient(tmp_path):

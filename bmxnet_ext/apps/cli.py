@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 
 import mxnet as mx
 
@@ -40,30 +39,41 @@ def _cmd_summary(args):
 
 
 def _trained_network(source, args):
-    """(net, model name, model kwargs, input size) for a zoo name or an export prefix."""
+    """(net, what export should record) for a zoo name or a float export prefix."""
     from .. import model_zoo
     from ..inference.model_card import load_exported_parameters, read_model_card
+    from ..training.recipe import paper_initializer
 
     if os.path.exists(f"{source}-symbol.json") or os.path.exists(f"{source}-model.json"):
         card = read_model_card(source)
         if card is None or not card.get("model"):
             raise ValueError(f"{source}-model.json is missing or names no zoo model; convert "
-                             "rebuilds the network from the zoo and needs it (the training "
-                             "example writes it with --export)")
+                             "rebuilds the network from the zoo and needs it (export writes it)")
         if card.get("packed"):
             raise ValueError(f"{source} is already a packed export")
         net = model_zoo.get_model(card["model"], **card["model_kwargs"])
         load_exported_parameters(net, f"{source}-0000.params")
-        return net, card["model"], card["model_kwargs"], card["input_size"]
+        size = card["input_size"]
+        record = dict(input_shape=(1, len(card["mean"]), size, size), mean=card["mean"],
+                      std=card["std"], class_names=card.get("class_names"),
+                      trained=card.get("trained"),
+                      source_checkpoint=card.get("source_checkpoint") or f"{source}-0000.params",
+                      model=card["model"], model_kwargs=card["model_kwargs"])
+        return net, record
     kwargs = {"classes": args.classes, "input_size": args.input_size}
     net = model_zoo.get_model(source, pretrained=True if args.pretrained else None, **kwargs)
     if args.params:
         _load_weights(net, args.params, source, kwargs)
-    elif not args.pretrained:
-        net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
+        trained, origin = True, os.path.abspath(args.params)
+    elif args.pretrained:
+        trained, origin = True, f"model store: {source}"
+    else:
+        net.initialize(paper_initializer())
+        trained, origin = False, None
         print(f"note: {source} has untrained (random) weights; pass --pretrained or --params "
               "FILE to convert trained ones")
-    return net, source, {k: v for k, v in kwargs.items() if v is not None}, args.input_size
+    size = args.input_size
+    return net, dict(input_shape=(1, 3, size, size), trained=trained, source_checkpoint=origin)
 
 
 def _load_weights(net, params_file, model, kwargs):
@@ -91,35 +101,28 @@ def _load_weights(net, params_file, model, kwargs):
                              "model arguments") from err
 
 
-def _file_size(path):
-    return f"{os.path.getsize(path) / 2 ** 20:.2f} MiB"
+def _mib(size):
+    return f"{size / 2 ** 20:.2f} MiB"
 
 
 def _cmd_convert(args):
-    from ..inference.converter import convert_to_xnor
-    from ..inference.model_card import write_model_card
+    from ..inference.deploy import export
 
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out {args.out} exists and is not a directory")
-    net, model, kwargs, size = _trained_network(args.source, args)
-    shape = (1, 3, size, size)
-    print(f"converting {model} (input {size}x{size}) to the packed xnor form ...")
-    packed = convert_to_xnor(net, input_shape=shape)
-    os.makedirs(args.out, exist_ok=True)
-    prefix = os.path.join(args.out, model)
-    packed.hybridize()
-    packed(mx.nd.zeros(shape))
-    packed.export(prefix)
-    write_model_card(prefix, model, kwargs, input_size=size, packed=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        net.hybridize()
-        net(mx.nd.zeros(shape))
-        net.export(os.path.join(tmp, "float"))
-        float_size = _file_size(os.path.join(tmp, "float-0000.params"))
-    print(f"verified: packed outputs equal the training network's on a probe input")
-    print(f"wrote {prefix}-symbol.json, {prefix}-0000.params ({_file_size(prefix + '-0000.params')}"
-          f"; float params: {float_size}) and {prefix}-model.json")
-    print(f"load it with: bmxnet_ext.load_xnor({prefix!r})")
+    net, record = _trained_network(args.source, args)
+    name = record.get("model") or getattr(net, "model_name", None) or "model"
+    size = record["input_shape"][-1]
+    form = "packed xnor form" + ("" if args.no_fuse else ", fused")
+    print(f"converting {name} (input {size}x{size}) to the {form} ...")
+    float_bytes = 4 * sum(p.data().size for p in net.collect_params().values())
+    files = export(net, os.path.join(args.out, name), packed=True, fuse=not args.no_fuse,
+                   **record)
+    print("verified: packed outputs equal the training network's on a probe input")
+    print(f"wrote {files.symbol}, {files.params} ({_mib(os.path.getsize(files.params))}; "
+          f"float32 parameters: {_mib(float_bytes)}) and {files.card_file}")
+    print(f"load it with: bmxnet_ext.load_xnor({files.prefix!r}) or bmxnet-ext predict "
+          f"{files.prefix} IMAGE...")
 
 
 def _preprocess(path, size, mean, std):
@@ -210,8 +213,9 @@ def _parser():
                           description="Builds a zoo network (random, --pretrained or --params "
                                       "weights) or reads an exported training graph "
                                       "(PREFIX-symbol.json, PREFIX-0000.params and "
-                                      "PREFIX-model.json), converts it with convert_to_xnor, "
-                                      "verifies it and exports it to DIR/NAME-*.")
+                                      "PREFIX-model.json, as train.py --export writes them), "
+                                      "converts it to the packed fused form, verifies it and "
+                                      "exports it with its model card to DIR/NAME-*.")
     conv.add_argument("source", metavar="NAME_OR_PREFIX", help="zoo model name or export prefix")
     conv.add_argument("--out", required=True, metavar="DIR", help="output directory")
     conv.add_argument("--params", metavar="FILE", help="weights saved by save_parameters")
@@ -219,7 +223,10 @@ def _parser():
     conv.add_argument("--classes", type=_positive_int, default=None,
                       help="number of classes (zoo name)")
     conv.add_argument("--input-size", type=_positive_int, default=224,
-                      help="input height = width")
+                      help="input height = width (zoo name)")
+    conv.add_argument("--no-fuse", action="store_true",
+                      help="one operator per binary convolution, BatchNorm unfolded (default: "
+                           "the fused deployment form)")
     conv.set_defaults(func=_cmd_convert)
 
     pred = sub.add_parser("predict", help="classify images with an exported network",

@@ -20,11 +20,12 @@ import mxnet as mx
 import numpy as np
 from mxnet import gluon
 
-from ..training import recipe
-from ..inference.converter import convert_to_xnor
-from ..training.data import digits_data
-from ..training.fit import fit, seed_everything
 from ..binary.summary import summary
+from ..inference.converter import load_xnor
+from ..inference.deploy import export
+from ..training import recipe
+from ..training.data import DIGITS_CLASSES, digits_augmentation, digits_data
+from ..training.fit import fit, seed_everything
 from ..training.loop import evaluate, predict
 
 IMAGE_SIZE = 16
@@ -133,17 +134,21 @@ def run_demo(epochs=8, seed=0, quiet=False, batch_size=64, lr=0.01, data_format=
     _check(np.allclose(predict(imperative, test_loader), logits, rtol=1e-4, atol=1e-4),
            "the imperative binary network equals the hybridized one")
 
-    packed = convert_to_xnor(binary, input_shape=shape)
-    packed.hybridize()
+    aug = digits_augmentation(IMAGE_SIZE)
+    card = dict(input_shape=shape, class_names=DIGITS_CLASSES, mean=aug.mean, std=aug.std,
+                resize=aug.val_resize, trained=True)
+    exports = {kind: export(net, os.path.join(workdir, "export", kind), packed=packed,
+                            source_checkpoint=os.path.join(workdir, source, "checkpoints"),
+                            **card)
+               for kind, net, packed, source in (("packed", binary, True, "binary"),
+                                                 ("binary", binary, False, "binary"),
+                                                 ("float", floating, False, "float"))}
+    prefixes = {kind: files.prefix for kind, files in exports.items()}
+    packed = load_xnor(prefixes["packed"])
     packed_logits = predict(packed, test_loader)
     _check((packed_logits.argmax(1) == logits.argmax(1)).all(),
-           "the packed (xnor) network predicts the classes of the training network")
-
-    prefixes = {kind: os.path.join(workdir, "export", kind)
-                for kind in ("packed", "binary", "float")}
-    os.makedirs(os.path.join(workdir, "export"))
-    for kind, net in (("packed", packed), ("binary", binary), ("float", floating)):
-        net.export(prefixes[kind])
+           "the exported packed (xnor, fused) network predicts the classes of the training "
+           "network")
     images_file = os.path.join(workdir, "test_images.npy")
     np.save(images_file, x_test)
     reloaded = _predict_in_fresh_process(prefixes["packed"], images_file)

@@ -9,8 +9,6 @@ input before it is returned: a converted network never computes something else.
 import copy
 import json
 import os
-import threading
-import types
 import warnings
 
 import mxnet as mx
@@ -19,22 +17,15 @@ from mxnet import gluon
 from mxnet.gluon import HybridBlock
 
 from ..binary.layers import BinaryConvolution, QActivation, QConv2D, QDense
-from ..utils.blocktree import replace_child
+from ..utils.blocktree import iter_blocks, replace_child
 from . import ops
 from .fusion import fuse_binary_units
-from .model_card import (ModelFileError, check_params_checksum, read_model_card,
+from .model_card import (ModelFileError, card_path, check_params_checksum, read_model_card,
                          read_params_file)
 from .packed import XnorConv2D, XnorDense
+from .threads import ThreadSafeBlock
 
-__all__ = ["XnorConv2D", "XnorDense", "ConversionError", "convert_to_xnor", "load_xnor"]
-
-# MXNet 1.9.1 deadlocks when several Python threads push operators at once: threads calling one
-# hybridized block (even a float one with no bmx_* operator), or each its own non-hybridized
-# network, end up waiting in WaitForVar for an operator the engine never runs. Networks returned
-# here push a call's operators under this lock; the engine still computes calls concurrently, and
-# waiting for the outputs (asnumpy, wait_to_read) happens outside it. Reentrant: a guarded
-# network may call another.
-_PUSH_LOCK = threading.RLock()
+__all__ = ["ConversionError", "convert_to_xnor", "load_xnor"]
 
 
 class ConversionError(ValueError):
@@ -75,14 +66,51 @@ def _replace_children(block):
     return replaced
 
 
-def _clear_cached_ops(block):
-    block._clear_cached_op()
-    for child in block._children.values():
-        _clear_cached_ops(child)
+def _check_initialized(net):
+    """Refuses a network whose parameters hold no values yet: a copy made now would draw its
+    own random values and differ from the network the caller goes on to use."""
+    for param in net.collect_params().values():
+        if param._data is not None:
+            continue
+        if param._deferred_init:
+            raise ConversionError(
+                f"{net.name}: parameter {param.name} has no shape yet (deferred "
+                "initialization finishes on the first forward pass); run the network once, "
+                "e.g. net(mx.nd.zeros(input_shape)), before convert_to_xnor")
+        raise ConversionError(f"{net.name}: parameter {param.name} is not initialized; "
+                              "initialize the network or load its trained parameters first")
+
+
+def _cpu_copy(net):
+    """A deep copy of ``net`` with its parameters on the CPU, made without touching ``net``.
+
+    What cannot or must not be copied stays behind: the Trainer a parameter is attached to
+    (with its KVStore, which holds C handles) and the cached graphs of hybridized blocks (the
+    copy builds its own). Parameters trained on several devices are averaged as ``export``
+    does (they are equal after synchronous training).
+    """
+    memo = {}
+    for param in net.collect_params().values():
+        if param._trainer is not None:
+            memo[id(param._trainer)] = None
+    for block in iter_blocks(net):
+        if getattr(block, "_cached_op", None) is not None:
+            memo[id(block._cached_op)] = None
+    copied = copy.deepcopy(net, memo)
+    for block in iter_blocks(copied):
+        if isinstance(block, HybridBlock):
+            block._clear_cached_op()
+    params = copied.collect_params()
+    if any(ctx != mx.cpu() for param in params.values() for ctx in param.list_ctx()):
+        params.reset_ctx(mx.cpu())
+    return copied
 
 
 def _probe_shape(net, input_shape):
     shape = input_shape or getattr(net, "input_shape", None)
+    size = getattr(net, "input_size", None)
+    if shape is None and size is not None:
+        shape = (1, 3, size, size)  # zoo networks take RGB images of their input_size
     if shape is None:
         raise ValueError("convert_to_xnor needs input_shape=(N, C, H, W) to verify the "
                          "converted network (this network does not declare one)")
@@ -96,59 +124,50 @@ def convert_to_xnor(net, input_shape=None, verify=True, seed=0, fuse=False):
     ----------
     net : HybridBlock
         A trained network built from :class:`~bmxnet_ext.layers.BinaryConvolution` units (or
-        ``QConv2D`` / ``QDense`` with input quantizers). It is not modified.
+        ``QConv2D`` / ``QDense`` with input quantizers), its parameters initialized, on any
+        devices (trained on several GPUs or CPUs, attached to a Trainer with any KVStore). It
+        is not modified, not even run: conversion and verification work on CPU copies.
     input_shape : tuple, optional
-        Shape of a probe input ``(N, C, H, W)``; defaults to ``net.input_shape`` when the network
-        declares one (zoo networks do).
+        Shape of a probe input ``(N, C, H, W)``; defaults to ``(1, 3, S, S)`` for a network
+        that declares its ``input_size`` S (zoo networks do).
     verify : bool
-        Run ``net`` and the converted network on a random probe and raise
+        Run (a copy of) ``net`` and the converted network on a random probe and raise
         :class:`ConversionError` unless their outputs agree. Keep it on.
     fuse : bool
         Also fold each binary unit's BatchNorm into its binarization and run runs of dense /
-        improvement blocks as one operator (:mod:`bmxnet_ext.fusion`): the fast form for
-        deployment. Without it every binary convolution stays its own ``XnorConv2D``.
+        improvement blocks as one operator (:mod:`bmxnet_ext.inference.fusion`): the fast form
+        for deployment (:func:`bmxnet_ext.export` uses it by default). Without it every binary
+        convolution stays its own ``XnorConv2D``.
 
     Returns
     -------
-    HybridBlock
-        The converted network (hybridizable and exportable; reload exports with
-        :func:`load_xnor`). Several threads may call it at once: calls push their operators one
-        at a time (MXNet 1.9.1 deadlocks on concurrent pushes) and compute concurrently.
+    ThreadSafeBlock
+        The converted network on the CPU (hybridizable and exportable; reload exports with
+        :func:`load_xnor`), wrapped in :class:`~bmxnet_ext.ThreadSafeBlock`: several threads
+        may call it at once (see :mod:`bmxnet_ext.inference.threads`). The network itself is
+        ``.block``; attribute reads pass through to it.
 
     Raises
     ------
     ConversionError
-        For a layer without an exactly equal packed form, a network without binary units, or a
-        converted network that does not reproduce the original.
+        For a layer without an exactly equal packed form, a network without binary units,
+        parameters not initialized yet (deferred until a first forward pass), or a converted
+        network that does not reproduce the original.
     """
     ops.require()
     shape = _probe_shape(net, input_shape) if verify else None
-    _clear_cached_ops(net)
-    converted = copy.deepcopy(net)
-    _clear_cached_ops(converted)
-    if _packed_replacement(converted) is not None:
+    _check_initialized(net)
+    if _packed_replacement(net) is not None:
         raise ConversionError("convert_to_xnor takes a network; convert its parent instead of "
                               "a single binary unit")
-    fused = 0
-    if fuse:
-        fused = fuse_binary_units(converted)
+    reference = _cpu_copy(net)
+    converted = _cpu_copy(reference)
+    fused = fuse_binary_units(converted) if fuse else 0
     if fused + _replace_children(converted) == 0:
         raise ConversionError(f"{net.name} has no binary unit to convert")
     if verify:
-        _verify(net, converted, shape, seed)
-    _serialize_pushes(converted)
-    return converted
-
-
-def _forward_under_push_lock(block, *args):
-    with _PUSH_LOCK:
-        return type(block).forward(block, *args)
-
-
-def _serialize_pushes(block):
-    """Lets several threads call ``block``: each call pushes its operators under _PUSH_LOCK.
-    A bound method in the instance, so a (deep) copy of the block is guarded too."""
-    object.__setattr__(block, "forward", types.MethodType(_forward_under_push_lock, block))
+        _verify(reference, converted, shape, seed)
+    return ThreadSafeBlock(converted)
 
 
 def _verify(net, converted, shape, seed):
@@ -192,7 +211,7 @@ def _first_line(err):
 
 def _check_params_fit(symbol, params, params_file, symbol_file, card):
     """Names of ``params`` (arg:/aux: keys) against what ``symbol`` needs; with a model card
-    (which gives the input shape), their shapes too."""
+    (which gives the input shape), their shapes and the number of outputs too."""
     needed = {f"arg:{n}" for n in symbol.list_arguments() if n != "data"}
     needed |= {f"aux:{n}" for n in symbol.list_auxiliary_states()}
     missing, extra = sorted(needed - set(params)), sorted(set(params) - needed)
@@ -207,12 +226,19 @@ def _check_params_fit(symbol, params, params_file, symbol_file, card):
     shapes = {key.split(":", 1)[1]: value.shape for key, value in params.items()}
     size = card["input_size"]
     try:
-        symbol.infer_shape(data=(1, len(card["mean"]), size, size), **shapes)
+        _, (out_shape, *_), _ = symbol.infer_shape(data=(1, len(card["mean"]), size, size),
+                                                   **shapes)
     except mx.base.MXNetError as err:
         raise ModelFileError(
             f"the parameters in {params_file} do not fit the network in {symbol_file} "
             f"({_first_line(err)}); they were exported from a network built with other "
             "arguments. Use the params file exported together with this symbol file") from err
+    classes = card.get("classes")
+    if classes is not None and tuple(out_shape) != (1, classes):
+        raise ModelFileError(
+            f"{card_path(symbol_file[:-len('-symbol.json')])} says the network has {classes} outputs, but "
+            f"the network in {symbol_file} returns shape {tuple(out_shape)}; the card belongs "
+            "to another export. Export the network again")
 
 
 def load_xnor(prefix, epoch=0, ctx=mx.cpu()):
@@ -224,10 +250,12 @@ def load_xnor(prefix, epoch=0, ctx=mx.cpu()):
     FileNotFoundError for missing files, :class:`~bmxnet_ext.ops.OpsLibraryError` when the
     operators are missing, :class:`~bmxnet_ext.model_card.ModelFileError` (a ValueError) for a
     damaged or truncated file, a params file of another network, a symbol file written for
-    another version of the operators, or a params file that does not match the SHA-256 its
-    model card (``{prefix}-model.json``, if any) recorded.
+    another version of the operators, or files that disagree with their model card
+    (``{prefix}-model.json``, if any: the params file's SHA-256, the input and output shapes,
+    packed or float).
 
-    Several threads may call the returned block at once, as with :func:`convert_to_xnor`.
+    Returns a :class:`~bmxnet_ext.ThreadSafeBlock` around the ``SymbolBlock``: several threads
+    may call it at once, as with :func:`convert_to_xnor`.
     """
     symbol_file = f"{prefix}-symbol.json"
     params_file = f"{prefix}-{epoch:04d}.params"
@@ -240,13 +268,19 @@ def load_xnor(prefix, epoch=0, ctx=mx.cpu()):
             raise FileNotFoundError(f"load_xnor: {path} does not exist (expected the files "
                                     f"written by export('{prefix}'))")
     ops.require()
-    missing = [op for op in _read_symbol_json(symbol_file) if not hasattr(mx.sym, op)]
+    bmx_ops = _read_symbol_json(symbol_file)
+    missing = [op for op in bmx_ops if not hasattr(mx.sym, op)]
     if missing:
         raise ops.OpsLibraryError(
             f"{symbol_file} uses operators {missing} that this build of bmxnet_ext does not "
             "provide; rebuild bmxnet_ext from a version that has them (pip install .)")
     card = read_model_card(prefix)
     check_params_checksum(prefix, params_file)
+    if card is not None and "packed" in card and card["packed"] != bool(bmx_ops):
+        raise ModelFileError(
+            f"{card_path(prefix)} describes a {'packed' if card['packed'] else 'float'} export, "
+            f"but {symbol_file} is a {'packed' if bmx_ops else 'float'} graph: the files come "
+            "from different exports. Export the network again")
     try:
         symbol = mx.sym.load(symbol_file)
     except mx.base.MXNetError as err:
@@ -261,5 +295,4 @@ def load_xnor(prefix, epoch=0, ctx=mx.cpu()):
         warnings.simplefilter("ignore", UserWarning)
         block = gluon.SymbolBlock(symbol, mx.sym.var("data"))
         block.collect_params().load_dict(params, ctx=ctx, cast_dtype=True, dtype_source="saved")
-    _serialize_pushes(block)
-    return block
+    return ThreadSafeBlock(block)

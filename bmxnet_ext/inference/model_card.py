@@ -1,22 +1,24 @@
 """The model card written next to exported networks: ``{prefix}-model.json``.
 
 It records what a symbol file cannot: which zoo model (and arguments) the graph came from, the
-input size and normalization it expects, its class names, and the SHA-256 of the params file
-exported with it (so a damaged params file is caught before it is used). ``bmxnet-ext convert``
-reads it to rebuild a trained network from an export; ``bmxnet-ext predict`` reads it to
-preprocess images; :func:`bmxnet_ext.load_xnor` checks the params file against it.
+input size and normalization it expects, its classes and their names, whether its weights were
+trained and from which checkpoint, and the SHA-256 of the params file exported with it (so a
+damaged params file is caught before it is used). :func:`bmxnet_ext.export` writes it with every
+export; ``bmxnet-ext convert`` reads it to rebuild a trained network from a float export;
+:class:`bmxnet_ext.Predictor` reads it to preprocess images and name classes;
+:func:`bmxnet_ext.load_xnor` checks the export against it.
 """
 import json
 import os
 
-from ..utils.files import atomic_write_json, sha256_file
-from ..utils.imagenet import IMAGENET_MEAN, IMAGENET_STD
+from ..utils.files import sha256_file
+from ..utils.imagenet import IMAGENET_MEAN, IMAGENET_STD, eval_resize
 
-__all__ = ["ModelFileError", "card_path", "write_model_card",
+__all__ = ["ModelFileError", "CARD_FORMAT", "card_path", "make_card", "check_card",
            "read_model_card", "check_params_checksum", "read_params_file",
            "load_exported_parameters"]
 
-
+CARD_FORMAT = 2  # 1: written before the card had format, classes, stem, fused, trained, source
 
 class ModelFileError(ValueError):
     """An exported file (params, symbol, model card) is damaged, truncated or belongs to
@@ -28,25 +30,65 @@ def card_path(prefix):
     return f"{prefix}-model.json"
 
 
-def write_model_card(prefix, model, model_kwargs=None, input_size=224, mean=IMAGENET_MEAN,
-                     std=IMAGENET_STD, class_names=None, packed=False):
-    """Writes ``{prefix}-model.json`` atomically and returns its path.
+def make_card(*, model=None, model_kwargs=None, input_size=224, resize=None, mean=IMAGENET_MEAN,
+              std=IMAGENET_STD, classes=None, class_names=None, stem=None, packed=False,
+              fused=False, trained=None, source_checkpoint=None, params_sha256=None):
+    """The model card of an export as a dict; :func:`bmxnet_ext.export` writes it.
 
-    ``model`` is a zoo name (or None for a network built by hand), ``model_kwargs`` the keyword
-    arguments it was built with, ``mean``/``std`` the per-channel normalization of 0-255 pixels
-    (one value per input channel), ``packed`` whether the export is a converted network. Write it
-    after the export: the SHA-256 of ``{prefix}-0000.params``, if that exists, is recorded.
+    ``model`` / ``model_kwargs``: the zoo name and keyword arguments that rebuild the network
+    (None for a network built by hand); ``input_size``: height = width of the input;
+    ``resize``: the shorter side images are resized to before the center crop (None: the
+    ImageNet rule, :func:`bmxnet_ext.utils.imagenet.eval_resize`);
+    ``mean`` / ``std``: per-channel normalization of 0-255 pixels, one value per input channel;
+    ``classes`` / ``class_names``: number of outputs and their names (None: unnamed);
+    ``stem``: the stem the network was built with; ``packed`` / ``fused``: the form of the
+    export; ``trained``: False for random weights (``predict`` warns), None when not stated;
+    ``source_checkpoint``: what the weights were loaded from; ``params_sha256``: the SHA-256 of
+    the params file exported with it.
     """
-    if class_names is not None:
-        class_names = [str(name) for name in class_names]
-    params_file = f"{prefix}-0000.params"
-    card = {"model": model, "model_kwargs": dict(model_kwargs or {}),
-            "input_size": int(input_size), "mean": list(mean), "std": list(std),
-            "class_names": class_names, "packed": bool(packed),
-            "params_sha256": sha256_file(params_file) if os.path.isfile(params_file) else None}
-    path = card_path(prefix)
-    atomic_write_json(path, card)
-    return path
+    card = {"format": CARD_FORMAT, "model": model, "model_kwargs": dict(model_kwargs or {}),
+            "input_size": input_size,
+            "resize": resize if resize is not None else eval_resize(input_size),
+            "mean": [float(m) for m in mean],
+            "std": [float(s) for s in std], "classes": classes,
+            "class_names": None if class_names is None else [str(n) for n in class_names],
+            "stem": stem, "packed": bool(packed), "fused": bool(fused), "trained": trained,
+            "source_checkpoint": source_checkpoint, "params_sha256": params_sha256}
+    check_card(card, "the model card")
+    return card
+
+
+def check_card(card, path):
+    """Raises :class:`ModelFileError` naming ``path`` unless ``card`` is a consistent card."""
+    def fail(problem):
+        raise ModelFileError(f"{path} {problem}; export the network again or delete the card")
+
+    if not isinstance(card, dict):
+        fail("is not a model card (a JSON object)")
+    missing = {"model", "input_size", "mean", "std"} - set(card)
+    if missing:
+        fail(f"lacks the fields {sorted(missing)}")
+    size = card["input_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        fail(f"has input_size {size!r}, not a positive integer")
+    mean, std = card["mean"], card["std"]
+    if (not isinstance(mean, list) or not isinstance(std, list) or not mean
+            or len(mean) != len(std)
+            or not all(isinstance(v, (int, float)) for v in mean + std)
+            or not all(v > 0 for v in std)):
+        fail(f"has mean {mean!r} / std {std!r}: expected two lists of numbers, one per input "
+             "channel, std > 0")
+    resize = card.get("resize")
+    if resize is not None and (not isinstance(resize, int) or resize < size):
+        fail(f"has resize {resize!r}: expected an integer >= input_size ({size})")
+    classes, names = card.get("classes"), card.get("class_names")
+    if classes is not None and (not isinstance(classes, int) or classes < 1):
+        fail(f"has classes {classes!r}, not a positive integer")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            fail("has class_names that are not a list of strings")
+        if classes is not None and len(names) != classes:
+            fail(f"names {len(names)} classes for a network with {classes} outputs")
 
 
 def read_model_card(prefix):
@@ -60,13 +102,7 @@ def read_model_card(prefix):
     except (OSError, ValueError) as err:
         raise ModelFileError(f"{path} is not a readable model card ({err}); export the network "
                              "again or delete the card") from err
-    if not isinstance(card, dict):
-        raise ModelFileError(f"{path} is not a model card (a JSON object); export the network "
-                             "again or delete the card")
-    missing = {"model", "input_size", "mean", "std"} - set(card)
-    if missing:
-        raise ModelFileError(f"{path} lacks the fields {sorted(missing)}; export the network "
-                             "again or delete the card")
+    check_card(card, path)
     return card
 
 

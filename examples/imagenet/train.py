@@ -20,7 +20,7 @@ import mxnet as mx
 
 from bmxnet_ext.training import data, fit, pipelines, recipe
 from bmxnet_ext.training.distributed import KVSTORES, create_kvstore, is_distributed
-from bmxnet_ext.inference.export import export_float, export_packed
+from bmxnet_ext.inference.deploy import export
 from bmxnet_ext.model_zoo import get_model, list_models
 from bmxnet_ext.training.optim import SCHEDULES
 
@@ -80,9 +80,11 @@ def _parser():
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --output from its last checkpoint")
     p.add_argument("--export", action="store_true",
-                   help="at the end, export the float training graph to <output>/export/")
+                   help="at the end, export the float training graph with its model card to "
+                        "<output>/export/MODEL (bmxnet-ext convert takes that prefix)")
     p.add_argument("--export-packed", action="store_true",
-                   help="at the end, also convert to the packed xnor form and export it")
+                   help="at the end, export the packed fused form with its model card to "
+                        "<output>/export/MODEL-packed (bmxnet-ext predict takes that prefix)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--workers", type=int, default=4,
                    help="data decoding threads (RecordIO) or processes (image folders; 0 decodes "
@@ -136,6 +138,7 @@ def main(argv=None):
     batch = chosen.batch_per_device * len(contexts)
     shard = dict(seed=args.seed, num_parts=num_workers, part_index=rank)
     if digits:
+        aug = data.digits_augmentation(chosen.image_size)
         train_data, val_data = data.digits_data(args.digits_format, chosen.image_size, batch,
                                                 **shard)
     else:
@@ -159,17 +162,21 @@ def main(argv=None):
               f"({len(train_data)} steps per epoch on this worker), {len(contexts)} device(s) x "
               f"{chosen.batch_per_device}, worker {rank + 1}/{num_workers}, {chosen.optimizer} "
               f"lr {chosen.lr} {chosen.schedule}, {chosen.epochs} epochs -> {output}")
-    fit.fit(net, trainer, train_data, chosen.epochs, val_data=val_data, ctx=contexts,
+    result = fit.fit(net, trainer, train_data, chosen.epochs, val_data=val_data, ctx=contexts,
             out_dir=output, resume=args.resume, seed=args.seed,
             kvstore=kvstore if num_workers > 1 else None, quiet=args.quiet)
-    if args.export or args.export_packed:
-        net.collect_params().reset_ctx(mx.cpu())
-        paths = export_float(net, os.path.join(output, "export", model), input_shape)
-        if args.export_packed:
-            paths += export_packed(net, os.path.join(output, "export", f"{model}-packed"),
-                                   input_shape)
+    # names travel with the export only where they name every output
+    names = train_data.classes if train_data.classes and len(train_data.classes) == classes \
+        else None
+    forms = [(model, False)] * args.export + [(f"{model}-packed", True)] * args.export_packed
+    for name, packed in forms:
+        files = export(net, os.path.join(output, "export", name), packed=packed,
+                       input_shape=input_shape, class_names=names, mean=aug.mean,
+                       std=aug.std, resize=aug.val_resize, trained=True,
+                       source_checkpoint=result.checkpoint)
         if not args.quiet:
-            print("exported " + ", ".join(paths))
+            print(f"exported {files.prefix} ({'packed, fused' if packed else 'float'}): "
+                  f"symbol, params and model card")
     return 0
 
 
