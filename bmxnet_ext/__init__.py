@@ -36,7 +36,8 @@ ops.load_library()
 
 from .inference.converter import ConversionError, convert_to_xnor, load_xnor  # noqa: E402
 from .inference.model_card import ModelFileError  # noqa: E402
+from .inference.predictor import Predictor  # noqa: E402
 
 __all__ = ["layers", "quantizers", "kernels", "ops", "QActivation", "QConv2D", "QDense",
            "BinaryConvolution", "OpsLibraryError", "ConversionError", "ModelFileError",
-           "convert_to_xnor", "load_xnor", "summary"]
+           "convert_to_xnor", "load_xnor", "summary", "Predictor"]
