@@ -7,6 +7,10 @@ JSON document at the end. A file that cannot be read is reported on its own stde
 (``PATH: error: ...``) and the others go on; a damaged file that still decodes gets a
 ``PATH: warning: ...`` line and is predicted. :func:`run_predict` returns the exit status: 1
 when any input failed, else 0.
+
+The JSON document: ``{"prefix", "classes", "class_names" (list or null), "predictions": [{"path",
+"top": [{"class", "index", "probability"}, ...], "warning" (str or null), "error": null}, ...],
+"errors": [{"path", "error"}, ...]}``.
 """
 import glob
 import json
