@@ -19,6 +19,9 @@ import mxnet as mx
 import numpy as np
 
 from ..utils.imagenet import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+# The lock load_xnor's networks push their operators under: preprocessing pushes operators too
+# (decoding, eval_transform), and one process-wide lock is the one mechanism against MXNet
+# 1.9.1's deadlock on concurrent pushes.
 from .converter import _PUSH_LOCK as _push_lock
 from .converter import load_xnor
 from .model_card import ModelFileError, card_path, read_model_card
