@@ -74,6 +74,7 @@ def test_wrong_model_names(argv, message, tmp_path, capsys):
     ["convert", "meliusnet22", "--out", "{tmp}", "--classes", "-3"],
     ["predict", "{tmp}/p", "{tmp}/x.png", "--topk", "0"],
     ["predict", "{tmp}/p", "{tmp}/x.png", "--input-size", "-5"],
+    ["predict", "{tmp}/p", "{tmp}/x.png", "--batch-size", "0"],
 ], ids=lambda argv: "-".join(argv[:1] + argv[-2:]))
 def test_impossible_sizes_are_usage_errors(argv, tmp_path, capsys):
     _fails_with_one_line([a.format(tmp=tmp_path) for a in argv], capsys,
