@@ -37,8 +37,10 @@ ops.load_library()
 from .inference.converter import ConversionError, convert_to_xnor, load_xnor  # noqa: E402
 from .inference.deploy import export  # noqa: E402
 from .inference.model_card import ModelFileError  # noqa: E402
+from .inference.predictor import Predictor  # noqa: E402
 from .inference.threads import ThreadSafeBlock, push_lock  # noqa: E402
 
 __all__ = ["layers", "quantizers", "kernels", "ops", "QActivation", "QConv2D", "QDense",
            "BinaryConvolution", "OpsLibraryError", "ConversionError", "ModelFileError",
-           "convert_to_xnor", "load_xnor", "export", "ThreadSafeBlock", "push_lock", "summary"]
+           "convert_to_xnor", "load_xnor", "export", "Predictor", "ThreadSafeBlock",
+           "push_lock", "summary"]

@@ -8,3 +8,80 @@ every interpreter the tests start. Tests still pass an explicit ``cwd`` where th
 import os
 
 os.environ.setdefault("PYTHONSAFEPATH", "1")
+
+import pytest  # noqa: E402
+
+CLASS_NAMES = ("cat", "dog", "bird")
+
+
+TINY_MELIUSNET = dict(blocks=[1, 1, 1], reductions=[1 / 2, 1 / 2], stem="thumbnail",
+                      classes=len(CLASS_NAMES), input_size=16)
+
+
+def _tiny_network(channels):
+    """A small binary classifier (random weights) of 3 classes on 16x16 images: the demo's
+    MeliusNet for RGB, a hand-built stem + BinaryConvolution + head for one channel (the zoo's
+    stems take RGB)."""
+    import mxnet as mx
+
+    from bmxnet_ext import BinaryConvolution, model_zoo
+
+    if channels == 3:
+        net = model_zoo.get_model("meliusnet_flex", **TINY_MELIUSNET)
+    else:
+        net = mx.gluon.nn.HybridSequential()
+        net.add(mx.gluon.nn.Conv2D(16, 3, padding=1, in_channels=channels),
+                mx.gluon.nn.BatchNorm(in_channels=16),
+                BinaryConvolution(32, in_channels=16),
+                mx.gluon.nn.BatchNorm(in_channels=32),
+                mx.gluon.nn.GlobalAvgPool2D(), mx.gluon.nn.Flatten(),
+                mx.gluon.nn.Dense(len(CLASS_NAMES), in_units=32))
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2))
+    _calibrate_batch_norms(net, mx.nd.random.normal(shape=(32, channels, 16, 16)))
+    return net
+
+
+def _calibrate_batch_norms(net, probe):
+    """Sets every BatchNorm's running statistics to those of ``probe`` (one training pass with
+    momentum 0; MXNet updates them in the backward pass). Without it random binary layers
+    produce counts in the hundreds, the classifier saturates, and every image gets one class
+    with probability 1: tests could not tell one image, or one preprocessing, from another."""
+    import mxnet as mx
+
+    from bmxnet_ext.utils.blocktree import iter_blocks
+
+    norms = [block for block in iter_blocks(net) if isinstance(block, mx.gluon.nn.BatchNorm)]
+    for norm in norms:
+        norm._kwargs["momentum"] = 0.0
+    with mx.autograd.record():
+        out = net(probe)
+    out.backward()
+    for norm in norms:
+        norm._kwargs["momentum"] = 0.9
+
+
+@pytest.fixture(scope="session")
+def exported_model(tmp_path_factory):
+    """``make(packed=True, channels=3, class_names=CLASS_NAMES) -> prefix``: a tiny network of
+    3 classes on 16x16 images, exported (converted to the packed form or not) with its model
+    card. Cached per argument set for the session."""
+    made = {}
+
+    def make(packed=True, channels=3, class_names=CLASS_NAMES):
+        key = (packed, channels, class_names)
+        if key not in made:
+            import mxnet as mx
+
+            import bmxnet_ext
+
+            prefix = str(tmp_path_factory.mktemp("export") / "tiny")
+            mean, std = ([123.68, 116.779, 103.939], [58.393, 57.12, 57.375]) if channels == 3 \
+                else ([127.0], [64.0])
+            bmxnet_ext.export(_tiny_network(channels), prefix, packed=packed,
+                              input_shape=(1, channels, 16, 16), mean=mean, std=std,
+                              class_names=class_names, trained=True)
+            made[key] = prefix
+        return made[key]
+
+    return make

@@ -119,15 +119,53 @@ def test_user_errors_are_one_line(argv, message, tmp_path, capsys):
     assert len(err.splitlines()) == 1 and message in err
 
 
-def test_predict_refuses_a_missing_image(tmp_path, capsys):
+def test_predict_reports_a_missing_image_and_exits_1(tmp_path, capsys):
     out = tmp_path / "packed"
     assert main(["convert", "meliusnet22", "--out", str(out), "--classes", "10",
                  "--input-size", "32"]) == 0
-    assert main(["predict", str(out / "meliusnet22"), str(tmp_path / "none.png")]) == 2
-    assert "no image file at" in capsys.readouterr().err
+    capsys.readouterr()
+    missing = str(tmp_path / "none.png")
+    assert main(["predict", str(out / "meliusnet22"), missing]) == 1
+    assert capsys.readouterr().err == f"{missing}: error: no image file at {missing}\n"
 
 
 def test_convert_refuses_a_prefix_without_model_card(tmp_path, capsys):
     (tmp_path / "m-symbol.json").write_text("{}")
     assert main(["convert", str(tmp_path / "m"), "--out", str(tmp_path)]) == 2
     assert "m-model.json is missing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pattern", [None, "meliusnet*", "*densenet2?", "resnet_e18"])
+def test_list_prints_the_matching_zoo_models(pattern, capsys):
+    from bmxnet_ext import model_zoo
+    assert main(["list"] + ([pattern] if pattern else [])) == 0
+    expected = model_zoo.list_models(pattern)
+    assert expected  # each pattern names at least one model
+    assert capsys.readouterr().out.splitlines() == expected
+
+
+def test_list_says_when_nothing_matches(capsys):
+    assert main(["list", "alexnet*"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == "bmxnet-ext list: no model matches 'alexnet*'\n"
+
+
+def test_version_names_the_package_and_mxnet(capsys):
+    import mxnet as mx
+
+    import bmxnet_ext
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    version = f"bmxnet-ext {bmxnet_ext.__version__} (MXNet {mx.__version__})\n"
+    assert capsys.readouterr().out == version
+
+
+def test_python_dash_m_bmxnet_ext_is_the_command(tmp_path):
+    import mxnet as mx
+
+    import bmxnet_ext
+    result = subprocess.run([sys.executable, "-m", "bmxnet_ext", "--version"],
+                            capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"bmxnet-ext {bmxnet_ext.__version__} (MXNet {mx.__version__})\n"

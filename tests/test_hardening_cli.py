@@ -76,6 +76,7 @@ def test_wrong_model_names(argv, message, tmp_path, capsys):
     ["convert", "meliusnet22", "--out", "{tmp}", "--classes", "-3"],
     ["predict", "{tmp}/p", "{tmp}/x.png", "--topk", "0"],
     ["predict", "{tmp}/p", "{tmp}/x.png", "--input-size", "-5"],
+    ["predict", "{tmp}/p", "{tmp}/x.png", "--batch-size", "0"],
 ], ids=lambda argv: "-".join(argv[:1] + argv[-2:]))
 def test_impossible_sizes_are_usage_errors(argv, tmp_path, capsys):
     _fails_with_one_line([a.format(tmp=tmp_path) for a in argv], capsys,
@@ -137,16 +138,25 @@ def test_input_too_large_for_memory_is_one_line(tmp_path):
     ("garbage.jpg", "cannot read .*garbage.jpg as an image"),
     ("empty.png", "cannot read .*empty.png as an image"),
     ("text.png", "cannot read .*text.png as an image"),
-    ("folder.png", "no image file at .*folder.png"),
+    ("folder.png", "no image files .* in this folder"),
     ("missing.png", "no image file at .*missing.png"),
 ])
-def test_unreadable_images(packed_export, images, image, message, capsys):
-    _fails_with_one_line(["predict", packed_export, str(images / image)], capsys, message)
+def test_unreadable_images_are_one_line_each_and_exit_1(packed_export, images, image, message,
+                                                        capsys):
+    path = str(images / image)
+    assert main(["predict", packed_export, path]) == 1
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err
+    assert re.match(f"{re.escape(path)}: error: {message}", err), err
 
 
-def test_a_readable_image_after_an_unreadable_one_is_not_reached(packed_export, images, capsys):
-    _fails_with_one_line(["predict", packed_export, str(images / "garbage.jpg"),
-                          str(images / "ok.png")], capsys, "cannot read")
+def test_a_readable_image_after_an_unreadable_one_is_still_predicted(packed_export, images,
+                                                                     capsys):
+    assert main(["predict", packed_export, str(images / "garbage.jpg"),
+                 str(images / "ok.png")]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{images / 'ok.png'}: ")
+    assert captured.err.startswith(f"{images / 'garbage.jpg'}: error: cannot read")
 
 
 def test_class_names_that_do_not_match_the_outputs(packed_export, images, tmp_path, capsys):

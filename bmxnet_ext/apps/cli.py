@@ -5,10 +5,12 @@ Subcommands:
   summary   per-layer parameters, model size and operations of a zoo network (the paper's count)
   convert   convert a zoo network or an exported training graph to the packed xnor form
   predict   top-k classes of images with an exported (packed or float) network
+  list      names of the zoo models (optionally matching a pattern)
 
 Errors a user can cause (an unknown model name, a bad argument, a missing or damaged file, an
-image that cannot be read, an input too large for memory) end with a one-line message and exit
-status 2, not a traceback.
+input too large for memory) end with a one-line message and exit status 2, not a traceback.
+``predict`` reports an image it cannot read on its own line, goes on with the others and exits
+with status 1.
 """
 import argparse
 import json
@@ -17,6 +19,7 @@ import sys
 
 import mxnet as mx
 
+from .. import __version__
 from ..inference.model_card import ModelFileError
 from ..inference.ops import OpsLibraryError
 
@@ -125,42 +128,20 @@ def _cmd_convert(args):
           f"{files.prefix} IMAGE...")
 
 
-def _preprocess(path, size, mean, std):
-    import numpy as np
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no image file at {path}")
-    try:
-        image = mx.image.imread(path, flag=1 if len(mean) == 3 else 0)
-    except mx.base.MXNetError as err:
-        raise ValueError(f"cannot read {path} as an image") from err
-    image = mx.image.resize_short(image, max(size, int(round(size * 256 / 224))))
-    image, _ = mx.image.center_crop(image, (size, size))
-    data = (image.astype("float32").asnumpy() - np.array(mean, dtype=np.float32)) / \
-        np.array(std, dtype=np.float32)
-    return data.transpose(2, 0, 1)[None]
-
-
 def _cmd_predict(args):
-    import numpy as np
+    from .predict import run_predict
+    return run_predict(args.prefix, args.inputs, topk=args.topk, batch_size=args.batch_size,
+                       as_json=args.json, input_size=args.input_size)
 
-    from ..inference.converter import load_xnor
-    from ..inference.model_card import IMAGENET_MEAN, IMAGENET_STD, read_model_card
 
-    card = read_model_card(args.prefix) or {"input_size": args.input_size or 224,
-                                            "mean": IMAGENET_MEAN, "std": IMAGENET_STD,
-                                            "class_names": None}
-    net = load_xnor(args.prefix)
-    names = card.get("class_names")
-    for path in args.images:
-        x = _preprocess(path, card["input_size"], card["mean"], card["std"])
-        probs = mx.nd.softmax(net(mx.nd.array(x))).asnumpy()[0]
-        if names and len(names) != probs.size:
-            raise ModelFileError(f"{args.prefix}-model.json has {len(names)} class names but the "
-                                 f"network has {probs.size} outputs; fix or remove class_names")
-        top = np.argsort(-probs)[:args.topk]
-        labels = [f"{names[i] if names else i} ({probs[i]:.3f})" for i in top]
-        print(f"{path}: {', '.join(labels)}")
+def _cmd_list(args):
+    from .. import model_zoo
+    names = model_zoo.list_models(args.pattern)
+    if not names:
+        print(f"bmxnet-ext list: no model matches {args.pattern!r}", file=sys.stderr)
+        return 1
+    print("\n".join(names))
+    return 0
 
 
 def _positive_int(text):
@@ -178,6 +159,8 @@ def _parser():
     parser = argparse.ArgumentParser(
         prog="bmxnet-ext",
         description="Binary neural networks (MeliusNet and peers) for MXNet 1.9.1 / Gluon.")
+    parser.add_argument("--version", action="version",
+                        version=f"bmxnet-ext {__version__} (MXNet {mx.__version__})")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -232,14 +215,29 @@ def _parser():
     pred = sub.add_parser("predict", help="classify images with an exported network",
                           description="Loads PREFIX-symbol.json / PREFIX-0000.params (packed "
                                       "or float) and prints the top classes of each image, "
-                                      "with class names when PREFIX-model.json has them.")
+                                      "preprocessed as PREFIX-model.json says and with its "
+                                      "class names. An image that cannot be read is reported "
+                                      "on stderr (PATH: error: ...) and the others go on; the "
+                                      "exit status is then 1.")
     pred.add_argument("prefix", metavar="PREFIX", help="export prefix")
-    pred.add_argument("images", metavar="IMAGE", nargs="+", help="image files")
+    pred.add_argument("inputs", metavar="INPUT", nargs="+",
+                      help="image files, folders (searched recursively for .jpg .jpeg .png "
+                           ".bmp) or glob patterns (quoted patterns are expanded too)")
     pred.add_argument("--topk", type=_positive_int, default=5,
                       help="classes to show (default: 5)")
+    pred.add_argument("--batch-size", type=_positive_int, default=32,
+                      help="images per forward pass (default: 32)")
+    pred.add_argument("--json", action="store_true",
+                      help="print one JSON document with all predictions and errors")
     pred.add_argument("--input-size", type=_positive_int, default=None,
                       help="input size when PREFIX-model.json is absent (default: 224)")
     pred.set_defaults(func=_cmd_predict)
+
+    lst = sub.add_parser("list", help="names of the zoo models",
+                         description="Prints the registered zoo models, one per line.")
+    lst.add_argument("pattern", metavar="PATTERN", nargs="?", default=None,
+                     help="shell-style pattern, e.g. 'meliusnet*' (default: all)")
+    lst.set_defaults(func=_cmd_list)
     return parser
 
 
@@ -251,7 +249,7 @@ def main(argv=None):
     """Entry point of the ``bmxnet-ext`` console script."""
     args = _parser().parse_args(argv)
     try:
-        args.func(args)
+        status = args.func(args)
     except (ValueError, KeyError, OSError, OpsLibraryError) as err:
         # ModelFileError is a ValueError; OSError covers missing, unreadable and unwritable files
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
@@ -269,7 +267,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"bmxnet-ext {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return status or 0
 
 
 if __name__ == "__main__":
