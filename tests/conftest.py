@@ -11,6 +11,63 @@ os.environ.setdefault("PYTHONSAFEPATH", "1")
 
 import pytest  # noqa: E402
 
+# --- helpers shared by test modules (import them: ``from conftest import trained_like``) -------
+
+
+def trained_like(net, shape, seed=0, rng=None, negative_scales=False):
+    """Initializes ``net`` (Xavier, magnitude 2), completes deferred shapes with one forward pass
+    of zeros of ``shape`` and gives every BatchNorm non-trivial statistics and affine terms, so
+    that comparisons are not degenerate. ``rng`` (default: seeded with ``seed``, which also
+    seeds MXNet) draws them; ``negative_scales`` gives gamma random signs. Returns ``net``."""
+    import mxnet as mx
+    import numpy as np
+
+    if rng is None:
+        mx.random.seed(seed)
+        rng = np.random.RandomState(seed)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    net(mx.nd.zeros(shape))
+    for name, param in net.collect_params().items():
+        if name.endswith(("running_mean", "beta")):
+            param.set_data(mx.nd.array(rng.uniform(-0.5, 0.5, param.shape)))
+        elif name.endswith("running_var"):
+            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)))
+        elif name.endswith("gamma"):
+            gamma = rng.uniform(0.5, 1.5, param.shape)
+            if negative_scales:
+                gamma = gamma * rng.choice([-1, 1], param.shape)
+            param.set_data(mx.nd.array(gamma))
+    return net
+
+
+def numpy_pack(x):
+    """Reference of the bit layout: (N, C, H, W) floats -> (N, H, W, ceil(C/32)) int32 words,
+    bit c % 32 of word c // 32 is x >= 0 (NaN: 0). Conv weights OIHW pack to the op's
+    (O, kh, kw, words) the same way."""
+    import numpy as np
+
+    n, c, h, w = x.shape
+    words = -(-c // 32)
+    bits = np.zeros((n, h, w, words * 32), dtype=np.uint64)
+    bits[..., :c] = (x >= 0).transpose(0, 2, 3, 1)
+    weights = np.uint64(1) << np.arange(32, dtype=np.uint64)
+    return (bits.reshape(n, h, w, words, 32) * weights).sum(axis=-1).astype(np.uint32).view(
+        np.int32)
+
+
+def conv_inputs(case, seed=0):
+    """``(x, w, geometry)`` for a convolution case of ``binary_reference.CONV_CASES``: random
+    floats (specials included) for the input and the OIHW latent weights, and the keyword
+    arguments of ``binary_reference.conv2d``."""
+    import binary_reference as ref
+
+    x = ref.random_floats((case["n"], case["c"], case["h"], case["w"]), seed)
+    w = ref.random_floats((case["c_out"], case["c"] // case["groups"], case["k"], case["k"]),
+                          seed + 1)
+    geometry = dict(stride=case["stride"], pad=case["pad"], dilate=case["dilate"],
+                    groups=case["groups"])
+    return x, w, geometry
+
 CLASS_NAMES = ("cat", "dog", "bird")
 
 

@@ -13,6 +13,7 @@ import pytest
 import binary_reference as ref
 import bmxnet_ext
 from bmxnet_ext.inference import _kernels as K
+from conftest import conv_inputs
 
 
 def _scale(units, seed=2):
@@ -38,18 +39,9 @@ def dense_op(x, packed, in_units, offset=True, scale=None, flatten=True):
                                   flatten=flatten).asnumpy()
 
 
-def _conv_inputs(case, seed=0):
-    x = ref.random_floats((case["n"], case["c"], case["h"], case["w"]), seed)
-    w = ref.random_floats((case["c_out"], case["c"] // case["groups"], case["k"], case["k"]),
-                          seed + 1)
-    geometry = dict(stride=case["stride"], pad=case["pad"], dilate=case["dilate"],
-                    groups=case["groups"])
-    return x, w, geometry
-
-
 @pytest.mark.parametrize("case", ref.CONV_CASES)
 def test_conv_op_equals_float_reference_on_signs(case):
-    x, w, geometry = _conv_inputs(case)
+    x, w, geometry = conv_inputs(case)
     got = conv_op(x, K.pack_conv_weights(w, case["groups"]), case)
     np.testing.assert_array_equal(got, ref.conv2d(x, w, **geometry))
 
@@ -57,7 +49,7 @@ def test_conv_op_equals_float_reference_on_signs(case):
 @pytest.mark.parametrize("mode", ref.OUTPUT_MODES)
 @pytest.mark.parametrize("case", [ref.CONV_CASES[0], ref.CONV_CASES[-4]])
 def test_conv_op_output_modes(case, mode):
-    x, w, geometry = _conv_inputs(case, seed=3)
+    x, w, geometry = conv_inputs(case, seed=3)
     scale = _scale(case["c_out"]) if mode["scale"] else None
     got = conv_op(x, K.pack_conv_weights(w, case["groups"]), case, offset=mode["offset"],
                   scale=scale)
@@ -67,7 +59,7 @@ def test_conv_op_output_modes(case, mode):
 
 def test_conv_op_pads_with_plus_one_on_request():
     case = ref.CONV_CASES[-4].values[0]
-    x, w, geometry = _conv_inputs(case, seed=4)
+    x, w, geometry = conv_inputs(case, seed=4)
     got = conv_op(x, K.pack_conv_weights(w, case["groups"]), case, pad_value=1)
     np.testing.assert_array_equal(got, ref.conv2d(x, w, pad_value=1, **geometry))
 
@@ -166,7 +158,7 @@ def test_symbol_infers_packed_weight_and_scale_shapes_and_dtypes():
 
 def test_bound_symbol_computes_the_reference():
     case = ref.CONV_CASES[0].values[0]
-    x, w, geometry = _conv_inputs(case, seed=14)
+    x, w, geometry = conv_inputs(case, seed=14)
     y = mx.sym.bmx_binary_conv2d(mx.sym.var("data"), mx.sym.var("weight", dtype="int32"),
                                  kernel=3, pad=1, num_filter=case["c_out"],
                                  in_channels=case["c"])

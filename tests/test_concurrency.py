@@ -13,6 +13,7 @@ import bmxnet_ext
 from bmxnet_ext import model_zoo
 from bmxnet_ext.apps.demo import build_demo_network
 from thread_helpers import run_in_threads
+from conftest import trained_like
 
 SHAPE = (2, 3, 32, 32)
 THREADS = 4
@@ -22,16 +23,7 @@ ROUNDS = 5
 
 @pytest.fixture(scope="module")
 def packed_meliusnet(tmp_path_factory):
-    net = model_zoo.get_model("meliusnet22", classes=10, input_size=32)
-    mx.random.seed(0)
-    net.initialize(mx.init.Xavier(magnitude=2))
-    net(mx.nd.zeros(SHAPE))
-    rng = np.random.RandomState(0)
-    for name, param in net.collect_params().items():  # non-trivial BatchNorm statistics
-        if name.endswith(("running_mean", "beta")):
-            param.set_data(mx.nd.array(rng.uniform(-0.5, 0.5, param.shape)))
-        elif name.endswith(("running_var", "gamma")):
-            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)))
+    net = trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=32), SHAPE)
     packed = bmxnet_ext.convert_to_xnor(net, input_shape=SHAPE)
     prefix = str(tmp_path_factory.mktemp("packed") / "m22")
     packed.hybridize()

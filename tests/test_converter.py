@@ -15,27 +15,14 @@ from bmxnet_ext.inference.converter import (ConversionError, convert_to_xnor,
                                   load_xnor)
 from bmxnet_ext.apps.demo import build_demo_network
 from bmxnet_ext.binary.layers import BinaryConvolution, QActivation, QConv2D, QDense
+from conftest import trained_like
 
 SMALL_INPUT = (2, 3, 32, 32)
 
 
-def _trained_like(net, shape=SMALL_INPUT, seed=0):
-    """Initialize, then give BatchNorm non-trivial statistics so the test is not degenerate."""
-    mx.random.seed(seed)
-    net.initialize(mx.init.Xavier(magnitude=2))
-    net(mx.nd.zeros(shape))  # completes deferred parameter shapes
-    rng = np.random.RandomState(seed)
-    for name, param in net.collect_params().items():
-        if name.endswith(("running_mean", "beta")):
-            param.set_data(mx.nd.array(rng.uniform(-0.5, 0.5, param.shape)))
-        elif name.endswith(("running_var", "gamma")):
-            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)))
-    return net
-
-
 def _zoo_model(name):
     net = model_zoo.get_model(name, classes=10, stem="thumbnail", input_size=32)
-    return _trained_like(net)
+    return trained_like(net, SMALL_INPUT)
 
 
 def _binary_units(block, kinds):
@@ -88,8 +75,8 @@ class _MixedNet(gluon.HybridBlock):
 
 
 def _networks():
-    nets = {"mixed_units": lambda: _trained_like(_MixedNet()),
-            "demo_network": lambda: _trained_like(build_demo_network(True), (2, 3, 16, 16))}
+    nets = {"mixed_units": lambda: trained_like(_MixedNet(), SMALL_INPUT),
+            "demo_network": lambda: trained_like(build_demo_network(True), (2, 3, 16, 16))}
     for name in model_zoo.list_models():
         nets[name] = (lambda n: lambda: _zoo_model(n))(name)
     return nets
@@ -220,7 +207,7 @@ def test_an_uninitialized_network_is_refused():
 
 
 def test_symbolblock_imports_works_after_import_bmxnet_ext(tmp_path):
-    net = convert_to_xnor(_trained_like(_MixedNet()), input_shape=SMALL_INPUT)
+    net = convert_to_xnor(trained_like(_MixedNet(), SMALL_INPUT), input_shape=SMALL_INPUT)
     net.hybridize()
     x = mx.nd.random.normal(shape=SMALL_INPUT)
     expected = net(x).asnumpy()
@@ -231,7 +218,7 @@ def test_symbolblock_imports_works_after_import_bmxnet_ext(tmp_path):
 
 
 def test_loading_without_the_ops_says_to_import_bmxnet_ext(tmp_path):
-    net = convert_to_xnor(_trained_like(_MixedNet()), input_shape=SMALL_INPUT)
+    net = convert_to_xnor(trained_like(_MixedNet(), SMALL_INPUT), input_shape=SMALL_INPUT)
     net.hybridize()
     net(mx.nd.random.normal(shape=SMALL_INPUT))
     net.export(str(tmp_path / "m"))
@@ -283,20 +270,20 @@ def test_float_network_is_refused():
 
 def test_probe_shape_is_required_when_the_network_declares_none():
     with pytest.raises(ValueError, match="needs input_shape"):
-        convert_to_xnor(_trained_like(_MixedNet()))
+        convert_to_xnor(trained_like(_MixedNet(), SMALL_INPUT))
 
 
 def test_flatten_false_dense_applies_to_the_last_axis():
     net = nn.HybridSequential()
     net.add(QDense(4, in_units=6, flatten=False, use_bias=True, input_quantizer="det_sign"))
-    _trained_like(net, (2, 3, 6))
+    trained_like(net, (2, 3, 6))
     x = mx.nd.random.normal(shape=(2, 3, 6))
     packed = convert_to_xnor(net, input_shape=(2, 3, 6))
     np.testing.assert_array_equal(packed(x).asnumpy(), net(x).asnumpy())
 
 
 def test_packed_meliusnet22_params_file_is_at_most_4_2_mib(tmp_path):
-    net = _trained_like(model_zoo.get_model("meliusnet22"), (1, 3, 224, 224))
+    net = trained_like(model_zoo.get_model("meliusnet22"), (1, 3, 224, 224))
     packed = convert_to_xnor(net, input_shape=(1, 3, 224, 224))
     packed.hybridize()
     packed(mx.nd.zeros((1, 3, 224, 224)))

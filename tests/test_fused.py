@@ -19,25 +19,9 @@ from bmxnet_ext.inference import fusion, packed
 from bmxnet_ext.binary.blocks import BinaryUnit, DenseBlock, ImprovementBlock
 from bmxnet_ext.inference.converter import convert_to_xnor
 from bmxnet_ext.inference.packed import XnorConv2D
+from conftest import trained_like
 
 SHAPE = (2, 3, 32, 32)
-
-
-def _trained_like(net, shape=SHAPE, seed=0):
-    """Initialized, with non-trivial BatchNorm statistics (negative scales included)."""
-    mx.random.seed(seed)
-    net.initialize(mx.init.Xavier(magnitude=2))
-    net(mx.nd.zeros(shape))
-    rng = np.random.RandomState(seed)
-    for name, param in net.collect_params().items():
-        if name.endswith(("running_mean", "beta")):
-            param.set_data(mx.nd.array(rng.uniform(-0.5, 0.5, param.shape)))
-        elif name.endswith("running_var"):
-            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)))
-        elif name.endswith("gamma"):
-            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)
-                                       * rng.choice([-1, 1], param.shape)))
-    return net
 
 
 # --- folding a BatchNorm into thresholds ----------------------------------------------------------
@@ -96,8 +80,8 @@ def test_folded_thresholds_decide_every_sign_as_the_batchnorm(name):
 
 @pytest.fixture(scope="module", params=model_zoo.list_models())
 def zoo_pair(request):
-    net = _trained_like(model_zoo.get_model(request.param, classes=10, stem="thumbnail",
-                                            input_size=32))
+    net = trained_like(model_zoo.get_model(request.param, classes=10, stem="thumbnail",
+                                            input_size=32), SHAPE, negative_scales=True)
     return (request.param, convert_to_xnor(net, input_shape=SHAPE),
             convert_to_xnor(net, input_shape=SHAPE, fuse=True))
 
@@ -156,8 +140,9 @@ def test_fused_zoo_network_computes_what_the_unfused_one_does(zoo_pair, hybridiz
 
 
 def test_fused_meliusnet22_has_one_operator_per_stage_and_transition():
-    net = _trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=64,
-                                            stem="grouped_stem"), shape=(1, 3, 64, 64))
+    net = trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=64,
+                                           stem="grouped_stem"), (1, 3, 64, 64),
+                       negative_scales=True)
     fused = convert_to_xnor(net, input_shape=(1, 3, 64, 64), fuse=True)
     stages = _blocks(fused, packed.XnorBinaryStage)
     assert [stage._units for stage in stages] == ["di" * 4, "di" * 5, "di" * 4, "di" * 4]
@@ -175,7 +160,8 @@ def test_fused_meliusnet22_has_one_operator_per_stage_and_transition():
 
 
 def test_fused_export_reloads_in_a_fresh_process(tmp_path):
-    net = _trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=32))
+    net = trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=32), SHAPE,
+                       negative_scales=True)
     fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
     fused.hybridize()
     x = np.random.RandomState(2).standard_normal(SHAPE).astype(np.float32)
@@ -209,7 +195,7 @@ class _Units(nn.HybridBlock):
 
 
 def test_binary_units_become_thresholded_convolutions():
-    net = _trained_like(_Units())
+    net = trained_like(_Units(), SHAPE, negative_scales=True)
     fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
     convs = _blocks(fused, XnorConv2D)
     assert len(convs) == 2 and all(c._attrs.get("thresholds") for c in convs)
@@ -220,7 +206,7 @@ def test_binary_units_become_thresholded_convolutions():
 
 
 def test_units_whose_norm_does_not_fold_stay_unfused():
-    net = _trained_like(_Units(norm_layer=nn.InstanceNorm))
+    net = trained_like(_Units(norm_layer=nn.InstanceNorm), SHAPE, negative_scales=True)
     fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
     assert len(_blocks(fused, nn.InstanceNorm)) == 2
     assert not any(c._attrs.get("thresholds") for c in _blocks(fused, XnorConv2D))
@@ -235,7 +221,7 @@ def test_a_fold_that_does_not_verify_keeps_the_batchnorm(monkeypatch):
         return sign, bias, exact
 
     monkeypatch.setattr(fusion, "fold_batchnorm", one_channel_off)
-    net = _trained_like(_Units())
+    net = trained_like(_Units(), SHAPE, negative_scales=True)
     with pytest.warns(UserWarning, match="do not fold into exact thresholds"):
         fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
     assert len(_blocks(fused, nn.BatchNorm)) == 2
@@ -245,7 +231,8 @@ def test_a_norm_relu_pool_that_does_not_reproduce_keeps_the_operators(monkeypatc
     real = packed.NormReluPool.hybrid_forward
     monkeypatch.setattr(packed.NormReluPool, "hybrid_forward",
                         lambda self, F, x, **params: real(self, F, x, **params) + 1e-3)
-    net = _trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=32))
+    net = trained_like(model_zoo.get_model("meliusnet22", classes=10, input_size=32), SHAPE,
+                       negative_scales=True)
     with pytest.warns(UserWarning, match="does not reproduce MXNet's operators"):
         fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
     assert not _blocks(fused, packed.NormReluPool)

@@ -20,6 +20,7 @@ from bmxnet_ext.inference.converter import convert_to_xnor
 from bmxnet_ext.inference.packed import XnorConv2D, XnorDense
 from bmxnet_ext.binary.layers import BinaryConvolution, QActivation, QConv2D, QDense
 from test_fuzz_ops import SPECIALS, float_arrays
+from conftest import trained_like
 
 # BMXNET_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_*.py searches deeper.
 FUZZ = settings(max_examples=int(os.environ.get("BMXNET_FUZZ_EXAMPLES", 100)), deadline=None,
@@ -90,13 +91,7 @@ def _binary_layers(block):
 def _train_like(net, shape, rng, latent_specials):
     """Initializes, gives BatchNorm non-trivial statistics and, with ``latent_specials``, puts
     ±0, NaN, ±Inf and denormals into the latent binary weights."""
-    net.initialize(mx.init.Xavier(magnitude=2))
-    net(mx.nd.zeros(shape))
-    for name, param in net.collect_params().items():
-        if name.endswith(("running_mean", "beta")):
-            param.set_data(mx.nd.array(rng.uniform(-0.5, 0.5, param.shape)))
-        elif name.endswith(("running_var", "gamma")):
-            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)))
+    trained_like(net, shape, rng=rng)
     if latent_specials:
         for layer in _binary_layers(net):
             w = layer.weight.data().asnumpy()

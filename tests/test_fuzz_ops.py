@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import binary_reference as ref
 import bmxnet_ext  # noqa: F401  (loads the operators)
+from conftest import numpy_pack
 
 # BMXNET_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz_*.py searches deeper.
 FUZZ = settings(max_examples=int(os.environ.get("BMXNET_FUZZ_EXAMPLES", 200)), deadline=None,
@@ -42,18 +43,6 @@ def float_arrays(draw, shape):
     mask = rng.rand(*shape) < special_fraction
     x[mask] = rng.choice(SPECIALS, size=int(mask.sum()))
     return x
-
-
-def numpy_pack(x):
-    """(N, C, H, W) floats -> (N, H, W, ceil(C/32)) int32 words, bit c % 32 of word c // 32 is
-    x >= 0 (NaN: 0). Conv weights OIHW pack to the op's (O, kh, kw, words) the same way."""
-    n, c, h, w = x.shape
-    words = -(-c // 32)
-    bits = np.zeros((n, h, w, words * 32), dtype=np.uint64)
-    bits[..., :c] = (x >= 0).transpose(0, 2, 3, 1)
-    weights = np.uint64(1) << np.arange(32, dtype=np.uint64)
-    return (bits.reshape(n, h, w, words, 32) * weights).sum(axis=-1).astype(np.uint32).view(
-        np.int32)
 
 
 def _out_size(size, kernel, pad, dilate, stride):

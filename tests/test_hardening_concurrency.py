@@ -11,6 +11,7 @@ import pytest
 
 from bmxnet_ext import convert_to_xnor, load_xnor, model_zoo
 from thread_helpers import run_in_threads
+from conftest import trained_like
 
 THREADS, CALLS = 4, 25
 SHAPE = (1, 3, 32, 32)
@@ -21,14 +22,8 @@ def trained():
     """A meliusnet_flex with non-trivial BatchNorm statistics and the inputs and outputs of the
     training network for 12 inputs of batch sizes 1 to 3."""
     net = model_zoo.get_model("meliusnet_flex", classes=10, input_size=32, blocks=(1, 1, 1, 1))
-    net.initialize(mx.init.Xavier(magnitude=2))
-    net(mx.nd.zeros(SHAPE))
     rng = np.random.RandomState(0)
-    for name, param in net.collect_params().items():
-        if name.endswith(("running_mean", "beta")):
-            param.set_data(mx.nd.array(rng.uniform(-0.5, 0.5, param.shape)))
-        elif name.endswith(("running_var", "gamma")):
-            param.set_data(mx.nd.array(rng.uniform(0.5, 1.5, param.shape)))
+    trained_like(net, SHAPE, rng=rng)
     inputs = [rng.standard_normal((1 + i % 3,) + SHAPE[1:]).astype(np.float32)
               for i in range(12)]
     expected = [net(mx.nd.array(x)).asnumpy() for x in inputs]

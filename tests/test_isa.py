@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 import binary_reference as ref
 import bmxnet_ext
 from bmxnet_ext.inference import _kernels as K
+from conftest import conv_inputs
 
 KERNEL_NAMES = {"avx512": "avx512-vpopcntdq", "avx2": "avx2-vpshufb",
                 "scalar": ("scalar-popcnt", "scalar-portable")}
@@ -42,12 +43,8 @@ def _on_scalar(fn):
         K.set_isa(previous)
 
 
-def _conv_inputs(case, seed=0):
-    x = ref.random_floats((case["n"], case["c"], case["h"], case["w"]), seed)
-    w = ref.random_floats((case["c_out"], case["c"] // case["groups"], case["k"], case["k"]),
-                          seed + 1)
-    geometry = dict(stride=case["stride"], pad=case["pad"], dilate=case["dilate"],
-                    groups=case["groups"])
+def _packed_conv_inputs(case, seed=0):
+    x, w, geometry = conv_inputs(case, seed)
     return x, K.pack_conv_weights(w, case["groups"]), w, geometry
 
 
@@ -58,7 +55,7 @@ def test_set_isa_selects_the_named_kernels(isa):
 
 @pytest.mark.parametrize("case", ref.CONV_CASES)
 def test_conv_path_equals_scalar_path_bit_for_bit(isa, case):
-    x, packed, w, geometry = _conv_inputs(case)
+    x, packed, w, geometry = _packed_conv_inputs(case)
     got = K.binary_conv2d(x, packed, **geometry)
     np.testing.assert_array_equal(got, _on_scalar(lambda: K.binary_conv2d(x, packed, **geometry)))
     np.testing.assert_array_equal(got, ref.conv2d(x, w, **geometry))
@@ -68,7 +65,7 @@ def test_conv_path_equals_scalar_path_bit_for_bit(isa, case):
 @pytest.mark.parametrize("pad_value", [-1, 1])
 def test_conv_path_output_modes_and_padding(isa, mode, pad_value):
     case = ref.CONV_CASES[-4].values[0]  # grouped, strided, two images
-    x, packed, w, geometry = _conv_inputs(case, seed=3)
+    x, packed, w, geometry = _packed_conv_inputs(case, seed=3)
     scale = (np.random.RandomState(2).rand(case["c_out"]).astype(np.float32) + 0.01
              if mode["scale"] else None)
     kwargs = dict(offset=mode["offset"], scale=scale, pad_value=pad_value, **geometry)

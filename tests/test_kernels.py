@@ -11,15 +11,7 @@ from hypothesis import strategies as st
 
 import binary_reference as ref
 from bmxnet_ext.inference import _kernels as K
-
-
-def _conv_inputs(case, seed=0):
-    x = ref.random_floats((case["n"], case["c"], case["h"], case["w"]), seed)
-    w = ref.random_floats((case["c_out"], case["c"] // case["groups"], case["k"], case["k"]),
-                          seed + 1)
-    geometry = dict(stride=case["stride"], pad=case["pad"], dilate=case["dilate"],
-                    groups=case["groups"])
-    return x, w, geometry
+from conftest import conv_inputs
 
 
 def _scale(units, seed=2):
@@ -28,7 +20,7 @@ def _scale(units, seed=2):
 
 @pytest.mark.parametrize("case", ref.CONV_CASES)
 def test_conv_equals_float_reference_on_signs(case):
-    x, w, geometry = _conv_inputs(case)
+    x, w, geometry = conv_inputs(case)
     packed = K.pack_conv_weights(w, case["groups"])
     np.testing.assert_array_equal(K.binary_conv2d(x, packed, **geometry),
                                   ref.conv2d(x, w, **geometry))
@@ -37,7 +29,7 @@ def test_conv_equals_float_reference_on_signs(case):
 @pytest.mark.parametrize("mode", ref.OUTPUT_MODES)
 @pytest.mark.parametrize("case", [ref.CONV_CASES[0], ref.CONV_CASES[-4], ref.CONV_CASES[-2]])
 def test_conv_output_modes(case, mode):
-    x, w, geometry = _conv_inputs(case, seed=3)
+    x, w, geometry = conv_inputs(case, seed=3)
     scale = _scale(case["c_out"]) if mode["scale"] else None
     got = K.binary_conv2d(x, K.pack_conv_weights(w, case["groups"]), offset=mode["offset"],
                           scale=scale, **geometry)
@@ -47,7 +39,7 @@ def test_conv_output_modes(case, mode):
 
 @pytest.mark.parametrize("case", [ref.CONV_CASES[0], ref.CONV_CASES[-4]])
 def test_conv_pads_with_plus_one_on_request(case):
-    x, w, geometry = _conv_inputs(case, seed=4)
+    x, w, geometry = conv_inputs(case, seed=4)
     got = K.binary_conv2d(x, K.pack_conv_weights(w, case["groups"]), pad_value=1, **geometry)
     np.testing.assert_array_equal(got, ref.conv2d(x, w, pad_value=1, **geometry))
 

@@ -11,17 +11,7 @@ from hypothesis import strategies as st
 import bmxnet_ext
 from bmxnet_ext.inference import ops
 from bmxnet_ext.inference.kernels import pack_bits, unpack_bits
-
-
-def numpy_pack(x):
-    """Reference of the layout: (N, C, H, W) -> (N, H, W, ceil(C/32)) words, bit c%32 of word c//32."""
-    n, c, h, w = x.shape
-    words = -(-c // 32)
-    bits = np.zeros((n, h, w, words * 32), dtype=np.uint64)
-    bits[..., :c] = (x >= 0).transpose(0, 2, 3, 1)
-    weights = (np.uint64(1) << np.arange(32, dtype=np.uint64))
-    packed = (bits.reshape(n, h, w, words, 32) * weights).sum(axis=-1)
-    return packed.astype(np.uint32).view(np.int32)
+from conftest import numpy_pack
 
 
 SHAPES = [(1, 1, 1, 1), (2, 31, 3, 5), (1, 32, 4, 4), (3, 33, 2, 7), (2, 64, 1, 1),

@@ -236,8 +236,8 @@ def _check_params_fit(symbol, params, params_file, symbol_file, card):
     classes = card.get("classes")
     if classes is not None and tuple(out_shape) != (1, classes):
         raise ModelFileError(
-            f"{card_path(symbol_file[:-len('-symbol.json')])} says the network has {classes} outputs, but "
-            f"the network in {symbol_file} returns shape {tuple(out_shape)}; the card belongs "
+            f"{card_path(symbol_file[:-len('-symbol.json')])} says the network has {classes} "
+            f"outputs, but the network in {symbol_file} returns shape {tuple(out_shape)}; the card belongs "
             "to another export. Export the network again")
 
 

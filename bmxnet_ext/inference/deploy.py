@@ -148,7 +148,8 @@ def export(net, prefix, *, packed=True, fuse=True, input_shape=None, class_names
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
         card = make_card(model=model, model_kwargs=model_kwargs, input_size=shape[-1],
-                         resize=resize, mean=mean, std=std, classes=classes, class_names=class_names,
+                         resize=resize, mean=mean, std=std, classes=classes,
+                         class_names=class_names,
                          stem=stem, packed=packed, fused=bool(packed and fuse),
                          trained=trained, source_checkpoint=source_checkpoint,
                          params_sha256=sha256_file(params_tmp))

@@ -21,7 +21,8 @@ import numpy as np
 from mxnet import gluon
 from mxnet.gluon.data.vision import transforms
 
-from ..utils.imagenet import IMAGENET_MEAN, IMAGENET_STD, eval_resize, eval_transform, normalize_steps
+from ..utils.imagenet import (IMAGENET_MEAN, IMAGENET_STD, eval_resize, eval_transform,
+                              normalize_steps)
 
 __all__ = ["MEAN_RGB", "STD_RGB", "Augmentation", "train_transform", "val_transform",
            "ShardSampler", "ImageFolderData", "RecordData", "open_image_data"]
