@@ -90,14 +90,10 @@ def test_predict_prints_top_k_with_class_names(tmp_path, capsys):
     import cv2
     import numpy as np
 
-    from bmxnet_ext.inference.model_card import read_model_card, write_model_card
-    out = tmp_path / "packed"
-    assert main(["convert", "meliusnet22", "--out", str(out), "--classes", "10",
-                 "--input-size", "32"]) == 0
-    prefix = str(out / "meliusnet22")
-    card = read_model_card(prefix)
-    write_model_card(prefix, card["model"], card["model_kwargs"], input_size=32,
-                     class_names=[f"class{i}" for i in range(10)], packed=True)
+    import bmxnet_ext
+    net, _ = _small_trained_net(tmp_path)
+    prefix = str(tmp_path / "packed" / "meliusnet22")
+    bmxnet_ext.export(net, prefix, class_names=[f"class{i}" for i in range(10)], trained=True)
     image = str(tmp_path / "image.png")
     cv2.imwrite(image, (np.random.RandomState(2).rand(40, 50, 3) * 255).astype(np.uint8))
     capsys.readouterr()
@@ -120,9 +116,10 @@ def test_user_errors_are_one_line(argv, message, tmp_path, capsys):
 
 
 def test_predict_reports_a_missing_image_and_exits_1(tmp_path, capsys):
+    _, weights = _small_trained_net(tmp_path)
     out = tmp_path / "packed"
     assert main(["convert", "meliusnet22", "--out", str(out), "--classes", "10",
-                 "--input-size", "32"]) == 0
+                 "--input-size", "32", "--params", weights]) == 0
     capsys.readouterr()
     missing = str(tmp_path / "none.png")
     assert main(["predict", str(out / "meliusnet22"), missing]) == 1

@@ -34,10 +34,14 @@ def _fails_with_one_line(argv, capsys, message):
 
 @pytest.fixture(scope="module")
 def packed_export(tmp_path_factory):
-    """A converted meliusnet_flex export written by `bmxnet-ext convert`: its prefix."""
+    """A converted meliusnet_flex export written by `bmxnet-ext convert --params`: its prefix."""
     out = tmp_path_factory.mktemp("packed")
+    net = model_zoo.get_model("meliusnet_flex", classes=10, input_size=16)
+    net.initialize(mx.init.Xavier(magnitude=2))
+    net(mx.nd.zeros((1, 3, 16, 16)))
+    net.save_parameters(str(out / "weights.params"))
     assert main(["convert", "meliusnet_flex", "--out", str(out), "--classes", "10",
-                 "--input-size", "16"]) == 0
+                 "--input-size", "16", "--params", str(out / "weights.params")]) == 0
     return str(out / "meliusnet_flex")
 
 

@@ -103,7 +103,7 @@ for case in range(cases):
     except mx.base.MXNetError as err:
         # a packed weight with bits past its channel count: the operator refuses it
         assert "bmx_" in str(err), str(err)[-1000:]
-        outcomes.append("operator refused")
+        outcomes.append("operator-refused")
     except Exception:
         traceback.print_exc()
         outcomes.append("UNEXPECTED")

@@ -169,7 +169,7 @@ def test_without_a_card_imagenet_preprocessing_is_assumed_with_a_warning(exporte
 def test_class_names_that_do_not_fit_the_outputs_are_refused(exported_model, tmp_path):
     prefix = _copy_export(exported_model(), tmp_path)
     _rewrite_card(prefix, class_names=["a", "b"])
-    with pytest.raises(ModelFileError, match="has 2 class names but the network has 3 outputs"):
+    with pytest.raises(ModelFileError, match="names 2 classes for a network with 3 outputs"):
         Predictor(prefix)
 
 
