@@ -21,6 +21,7 @@ spends most of its time:
   the transitions' head): the same float values as MXNet's three operators on a plain NCHW
   input, checked on a probe before it replaces them.
 """
+import warnings
 from collections import OrderedDict
 
 import mxnet as mx
