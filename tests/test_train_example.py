@@ -135,12 +135,16 @@ def train_py():
 
 @pytest.fixture(scope="module")
 def mismatched(tmp_path_factory):
-    """train/ with three classes, val/ with two: as image folders and as RecordIO."""
+    """train/ with three classes, val/ with two: as image folders and as RecordIO; and
+    RecordIO of three classes without .classes files (as MXNet's own im2rec writes it)."""
     root = tmp_path_factory.mktemp("mismatched")
-    write_image_folder(root / "folder", per_class=2, size=10)
+    write_image_folder(root / "full", per_class=2, size=10)
+    shutil.copytree(root / "full", root / "folder")
     shutil.rmtree(root / "folder" / "val" / CLASSES[-1])
     for split in ("train", "val"):
         folder_to_recordio(str(root / "folder" / split), str(root / "rec" / split))
+        folder_to_recordio(str(root / "full" / split), str(root / "unnamed" / split))
+        os.remove(root / "unnamed" / f"{split}.classes")
     return root
 
 
@@ -160,6 +164,9 @@ REFUSALS = [
     (["--data", "{mismatched}/rec"], 0, "--data {mismatched}/rec: train and val have different "
                                         "classes (3 vs 2; only in train: cat)"),
     (["--classes", "2"], 0, "--classes 2 is smaller than the 3 classes of the training data"),
+    (["--data", "{mismatched}/unnamed", "--classes", "2"], 0,
+     "--classes: a batch holds label 2 but the network has 2 outputs; build it with at least 3 "
+     "classes"),
     (["--gpus", "0"], 0, "--gpus 0: GPU 0 requested but this machine has no GPU; leave --gpus "
                          "out"),
     (["--ctx", "gpu:0"], 0, "--ctx gpu:0: GPU 0 requested but this machine has no GPU"),

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from mxnet import gluon
 
-from bmxnet_ext.training import fit, recipe
+from bmxnet_ext.training import fit, loop, recipe
 from bmxnet_ext.training.checkpoint import CheckpointError, CheckpointManager
 from bmxnet_ext.utils.files import atomic_write
 from bmxnet_ext.inference.export import export_float
@@ -98,6 +98,19 @@ def test_fit_refuses_to_overwrite_a_checkpoint(folder, tmp_path):
     fit.fit(net, trainer, train, 1, out_dir=str(tmp_path), quiet=True)
     with pytest.raises(FileExistsError, match="resume=True"):
         fit.fit(net, trainer, train, 1, out_dir=str(tmp_path), quiet=True)
+
+
+@pytest.mark.parametrize("with_val", [False, True])
+def test_labels_beyond_the_outputs_are_refused(with_val, folder, tmp_path):
+    _, _, train, val = _setup(folder)  # three classes
+    small = recipe.prepare_network(tiny_net(classes=2), input_shape=(1, 3, 8, 8))
+    trainer = recipe.make_trainer(small, recipe.get_recipe("any"), len(train), epochs=1)
+    with pytest.raises(loop.LabelRangeError, match="label 2 but the network has 2 outputs; "
+                                                   "build it with at least 3 classes"):
+        if with_val:
+            loop.evaluate_metrics(small, val)
+        else:
+            fit.fit(small, trainer, train, 1, quiet=True)
 
 
 class _LossPoisonedFrom:

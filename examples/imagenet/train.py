@@ -26,7 +26,7 @@ import mxnet as mx
 
 from bmxnet_ext.training import data, fit, pipelines, recipe
 from bmxnet_ext.training.checkpoint import CheckpointError, CheckpointManager
-from bmxnet_ext.training.loop import NonFiniteLossError
+from bmxnet_ext.training.loop import LabelRangeError, NonFiniteLossError
 from bmxnet_ext.training.distributed import KVSTORES, create_kvstore, is_distributed
 from bmxnet_ext.inference.export import export_float, export_packed
 from bmxnet_ext.model_zoo import get_model, list_models
@@ -211,6 +211,8 @@ def main(argv=None):
         return _fail(err)
     except fit.RunMismatchError as err:
         return _fail(_mismatch(err, args.output_dir))
+    except LabelRangeError as err:  # labels the data's class names did not announce
+        return _fail(f"--classes: {err}")
     except (CheckpointError, ValueError, FileNotFoundError, FileExistsError) as err:
         return _fail(err)
     except NonFiniteLossError as err:
