@@ -14,7 +14,6 @@ and augments the same way whether or not the run was interrupted before it. Data
 worker processes (``num_workers > 0``) or MXNet's threaded engine on several threads can still
 make runs differ in the last bits.
 """
-import json
 import os
 import random
 import time
@@ -27,37 +26,10 @@ from .checkpoint import CheckpointManager
 from .distributed import WorkerSync
 from .history import TrainingLog
 from .loop import NonFiniteLossError, evaluate_metrics, train_epoch_metrics
+from .runs import RESCHEDULABLE, RunMismatchError, changed_settings, run_settings, \
+    shifted_schedule, show_setting
 
 __all__ = ["FitResult", "RunMismatchError", "RESCHEDULABLE", "fit", "seed_everything"]
-
-# Settings of a run that change only its learning-rate schedule: resuming with other values is
-# allowed with ``reschedule=True``. Any other setting in ``run`` (the model, its arguments, the
-# optimizer) must stay as the checkpoint's run had it.
-RESCHEDULABLE = ("epochs", "iters_per_epoch", "batch_size", "lr", "schedule", "step_epochs",
-                 "step_factor")
-
-
-class RunMismatchError(ValueError):
-    """``fit(resume=True)`` with settings other than those of the checkpoint's run.
-
-    ``changes`` lists ``(setting, old, new)``; ``reschedulable`` is True when every change is in
-    :data:`RESCHEDULABLE` (then ``reschedule=True`` continues with a recomputed schedule).
-    """
-
-    def __init__(self, directory, changes):
-        self.directory, self.changes = directory, changes
-        self.reschedulable = all(key in RESCHEDULABLE for key, _, _ in changes)
-        listed = ", ".join(f"{key} {_show(old)} -> {_show(new)}" for key, old, new in changes)
-        advice = ("pass reschedule=True to continue it with a learning-rate schedule recomputed "
-                  "for the new settings" if self.reschedulable else
-                  "those settings cannot change when resuming; train into another out_dir")
-        super().__init__(f"the checkpoint in {directory} is of a run with other settings "
-                         f"({listed}); {advice}")
-
-
-def _show(value):
-    return "(unset)" if value is None else json.dumps(value)
-
 
 @dataclass
 class FitResult:
@@ -157,14 +129,14 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
                          "workers itself")
     manager = CheckpointManager(os.path.join(out_dir, "checkpoints"), keep_checkpoints) \
         if out_dir else None
-    run = _run_settings(run, epochs, train_data)
+    run = run_settings(run, epochs, train_data)
     history, start, update_offset = [], 0, 0
     if resume and manager is None:
         raise ValueError("resume=True needs the out_dir of the run to continue")
     if resume and manager.latest() is None:
         _say(print_fn, False, f"no checkpoint in {manager.directory}: starting a new run")
     elif resume:
-        changes = _changes(manager.read_meta().get("run"), run)
+        changes = changed_settings(manager.read_meta().get("run"), run)
         if changes and not (reschedule and all(key in RESCHEDULABLE for key, _, _ in changes)):
             raise RunMismatchError(manager.directory, changes)
         schedule = trainer.optimizer.lr_scheduler
@@ -175,12 +147,12 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
         update_offset = meta.get("update_offset", 0)
         if reschedule and run["iters_per_epoch"] is not None:
             update_offset = start * run["iters_per_epoch"] - meta["num_update"]
-        trainer.optimizer.lr_scheduler = _shifted(schedule, update_offset)
+        trainer.optimizer.lr_scheduler = shifted_schedule(schedule, update_offset)
         _say(print_fn, quiet, f"resumed from {manager.directory} after epoch {start} "
                               f"(update {meta['num_update']}, lr {meta['lr']:.3g})")
         if reschedule:
             _say(print_fn, False, "learning-rate schedule recomputed for " + (
-                ", ".join(f"{key} {_show(new)}" for key, _, new in changes) or
+                ", ".join(f"{key} {show_setting(new)}" for key, _, new in changes) or
                 "the same settings") + f": epoch {start + 1} starts at lr "
                 f"{_next_lr(trainer):.3g}")
     elif manager is not None and manager.latest() is not None:
@@ -237,34 +209,6 @@ def _run_epoch(net, trainer, train_data, val_data, epoch, epochs, ctx, loss_fn, 
     row.update(lr=float(trainer.learning_rate), num_update=int(trainer.optimizer.num_update),
                seconds=seconds, samples_per_second=train["samples"] / max(seconds, 1e-9))
     return row
-
-
-def _run_settings(run, epochs, train_data):
-    """``run`` as it reads back from JSON (tuples become lists), with epochs and steps."""
-    run = dict(run or {}, epochs=epochs,
-               iters_per_epoch=len(train_data) if hasattr(train_data, "__len__") else None)
-    return json.loads(json.dumps(run))
-
-
-def _changes(saved, run):
-    """``(setting, old, new)`` where ``run`` differs from ``saved`` (None: a checkpoint written
-    before runs were recorded, nothing to compare)."""
-    if saved is None:
-        return []
-    keys = list(run) + [key for key in saved if key not in run]
-    return [(key, saved.get(key), run.get(key)) for key in keys if saved.get(key) != run.get(key)]
-
-
-def _shifted(schedule, update_offset):
-    """``schedule`` continuing ``update_offset`` updates further along than the optimizer's
-    count (gluoncv's ``LRScheduler`` and MXNet's schedulers that have an ``offset``)."""
-    if update_offset and schedule is not None:
-        if not hasattr(schedule, "offset"):
-            raise ValueError(f"the learning-rate schedule {type(schedule).__name__} has no "
-                             "offset, so it cannot continue a rescheduled run; use gluoncv's "
-                             "LRScheduler (bmxnet_ext.training.optim.make_lr_scheduler)")
-        schedule.offset -= update_offset
-    return schedule
 
 
 def _next_lr(trainer):
