@@ -256,6 +256,8 @@ def test_resume_on_an_empty_output_starts_a_new_run_and_says_so(train_py, data_d
     (["--schedule", "constant"], '--schedule "cosine" -> "constant"', "pass --reschedule"),
     (["--model-arg", "blocks=[1,1,1,2]"],
      '--model-arg {"blocks": [1, 1, 1, 1]} -> {"blocks": [1, 1, 1, 2]}', "cannot change"),
+    (["--model", "binary_densenet_flex"], '--model "meliusnet_flex" -> "binary_densenet_flex"',
+     "cannot change"),
     (["--model-arg", "blocks=[1,1,1,2]", "--lr", "0.01", "--reschedule"],
      "--lr 0.002 -> 0.01", "cannot change"),
 ])
