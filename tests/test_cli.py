@@ -8,8 +8,9 @@ from bmxnet_ext.apps.cli import main
 from bmxnet_ext.apps.demo import run_demo
 
 
-def test_demo_runs_end_to_end_and_reports_both_networks(capsys):
-    results = run_demo(epochs=1, quiet=True)
+def test_demo_runs_end_to_end_and_reports_both_networks(tmp_path, capsys):
+    work = tmp_path / "demo"
+    results = run_demo(epochs=1, quiet=True, out_dir=str(work))
     out = capsys.readouterr().out
     assert set(results) == {"binary", "packed", "float"}
     for figures in results.values():
@@ -19,12 +20,34 @@ def test_demo_runs_end_to_end_and_reports_both_networks(capsys):
     assert results["packed"]["params_bytes"] < results["binary"]["params_bytes"] / 5
     assert out.count("  ok  ") == 4
     assert "test accuracy" in out
+    # quiet leaves no heading without its section (the layer table's is gone with the table)
+    lines = out.splitlines()
+    headings = [i for i, line in enumerate(lines) if line.endswith(":")]
+    assert all(i + 1 < len(lines) and lines[i + 1].strip() for i in headings), out
+    assert "The binary network" not in out
+    assert lines[-1].endswith(f": {work}")
+    for kind in ("binary", "float"):
+        assert (work / kind / "log.csv").is_file()
+        assert (work / kind / "checkpoints" / "latest.json").is_file()
 
 
 def test_demo_refuses_zero_epochs(capsys):
     assert main(["demo", "--epochs", "0"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "bmxnet-ext demo: error: epochs must be at least 1, got 0"
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda path: path.write_text(""), "is an existing file, not a directory"),
+    (lambda path: (path.mkdir(), (path / "old").write_text("")), "is not empty; choose a new or "
+                                                                 "empty directory"),
+], ids=["file", "non-empty directory"])
+def test_demo_out_must_be_new_or_empty(make, message, tmp_path, capsys):
+    out = tmp_path / "out"
+    make(out)
+    assert main(["demo", "--out", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        f"bmxnet-ext demo: error: --out {out} {message}"]
 
 
 @pytest.mark.parametrize("argv", [[], ["no-such-command"], ["demo", "--epochs", "x"],

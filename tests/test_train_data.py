@@ -1,6 +1,7 @@
 """Data pipelines read back what was written: labels, shapes, normalization, shards; the
 folder-to-RecordIO tool; the digits as an image folder and RecordIO."""
 import os
+import shutil
 
 import mxnet as mx
 import numpy as np
@@ -164,6 +165,54 @@ def test_open_image_data_prefers_recordio_and_explains_bad_layouts(folder, recdi
     assert isinstance(val, ImageFolderData) and val.classes == list(CLASSES)
     with pytest.raises(FileNotFoundError, match="neither a RecordIO"):
         pipelines.open_image_data(str(tmp_path), 4)
+
+
+@pytest.mark.parametrize("kind", ["folder", "recordio"])
+@pytest.mark.parametrize("batch,num_parts,message", [
+    (0, 1, "batch size must be a positive integer, got 0"),
+    (25, 1, "a batch of 25 is larger than the 24 training images; use a batch of at most 24"),
+    (9, 3, "a batch of 9 is larger than the 8 training images of this worker"),
+])
+def test_a_batch_that_does_not_fit_the_training_set_is_refused(kind, batch, num_parts, message,
+                                                               folder, recdir):
+    path = folder if kind == "folder" else recdir
+    with pytest.raises(pipelines.BatchSizeError, match=message):
+        pipelines.open_image_data(path, batch, EXACT, num_parts=num_parts, workers=0)
+
+
+@pytest.fixture(scope="module")
+def mismatched(tmp_path_factory):
+    """Image folders whose val lacks a class, and RecordIO packed from them."""
+    root = tmp_path_factory.mktemp("mismatched")
+    write_image_folder(root / "folder", per_class=2, size=8)
+    shutil.rmtree(root / "folder" / "val" / CLASSES[-1])
+    for split in ("train", "val"):
+        records.folder_to_recordio(str(root / "folder" / split), str(root / "rec" / split))
+    return root
+
+
+@pytest.mark.parametrize("kind", ["folder", "rec"])
+def test_train_and_val_with_other_classes_are_refused(kind, mismatched):
+    with pytest.raises(ValueError, match=r"train and val have different classes \(3 vs 2; "
+                                         rf"only in train: {CLASSES[-1]}\)"):
+        pipelines.open_image_data(str(mismatched / kind), 2, EXACT, workers=0)
+
+
+@pytest.mark.parametrize("train,val,detail", [
+    (["a", "b"], ["a", "c"], "only in train: b; only in val: c"),
+    (["a", "b"], ["b", "a"], "the same names in another order"),
+])
+def test_check_same_classes_says_what_differs(train, val, detail):
+    with pytest.raises(ValueError, match=detail):
+        pipelines.check_same_classes(train, val)
+
+
+def test_records_refuse_to_overwrite_when_asked(folder, tmp_path):
+    prefix = str(tmp_path / "val")
+    records.folder_to_recordio(os.path.join(folder, "val"), prefix)
+    with pytest.raises(FileExistsError, match=r"val\.rec already exists"):
+        records.folder_to_recordio(os.path.join(folder, "val"), prefix, overwrite=False)
+    assert records.folder_to_recordio(os.path.join(folder, "val"), prefix) == 24
 
 
 @pytest.mark.parametrize("kwargs,message", [({"size": 0}, "size"), ({"area": (0, 1)}, "area"),

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from mxnet import gluon
 
-from bmxnet_ext.training import fit, recipe
+from bmxnet_ext.training import fit, loop, recipe
 from bmxnet_ext.training.checkpoint import CheckpointError, CheckpointManager
 from bmxnet_ext.utils.files import atomic_write
 from bmxnet_ext.inference.deploy import export
 from bmxnet_ext.training.pipelines import Augmentation, open_image_data
 from bmxnet_ext.training.records import folder_to_recordio
 from bmxnet_ext.training.loop import NonFiniteLossError
+from bmxnet_ext.training.optim import make_lr_scheduler
 from train_helpers import tiny_net, write_image_folder
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -37,12 +38,12 @@ def recdir(folder, tmp_path_factory):
     return str(out)
 
 
-def _setup(folder, epochs=3, seed=0):
+def _setup(folder, epochs=3, seed=0, lr=0.05, batch=6):
     """Seeded tiny network, trainer and pipelines over ``folder`` (image folder or RecordIO)."""
     fit.seed_everything(seed)
-    train, val = open_image_data(folder, 6, Augmentation(size=8), seed=seed, workers=0)
+    train, val = open_image_data(folder, batch, Augmentation(size=8), seed=seed, workers=0)
     net = recipe.prepare_network(tiny_net(), input_shape=(1, 3, 8, 8))
-    trainer = recipe.make_trainer(net, recipe.get_recipe("any").replace(lr=0.05), len(train),
+    trainer = recipe.make_trainer(net, recipe.get_recipe("any").replace(lr=lr), len(train),
                                   epochs=epochs)
     return net, trainer, train, val
 
@@ -83,13 +84,33 @@ def test_top5_counts_every_class_when_there_are_fewer(folder, tmp_path):
     assert result.checkpoint is None
 
 
-def test_fit_refuses_to_overwrite_and_to_resume_nothing(folder, tmp_path):
+def test_resume_without_a_checkpoint_starts_a_new_run_and_says_so(folder, tmp_path):
     net, trainer, train, _ = _setup(folder, epochs=1)
-    with pytest.raises(CheckpointError, match="no checkpoint"):
-        fit.fit(net, trainer, train, 1, out_dir=str(tmp_path), resume=True, quiet=True)
+    messages = []
+    result = fit.fit(net, trainer, train, 1, out_dir=str(tmp_path), resume=True, quiet=True,
+                     print_fn=messages.append)
+    assert messages == [f"no checkpoint in {tmp_path / 'checkpoints'}: starting a new run"]
+    assert result.epochs_run == 1
+
+
+def test_fit_refuses_to_overwrite_a_checkpoint(folder, tmp_path):
+    net, trainer, train, _ = _setup(folder, epochs=1)
     fit.fit(net, trainer, train, 1, out_dir=str(tmp_path), quiet=True)
     with pytest.raises(FileExistsError, match="resume=True"):
         fit.fit(net, trainer, train, 1, out_dir=str(tmp_path), quiet=True)
+
+
+@pytest.mark.parametrize("with_val", [False, True])
+def test_labels_beyond_the_outputs_are_refused(with_val, folder, tmp_path):
+    _, _, train, val = _setup(folder)  # three classes
+    small = recipe.prepare_network(tiny_net(classes=2), input_shape=(1, 3, 8, 8))
+    trainer = recipe.make_trainer(small, recipe.get_recipe("any"), len(train), epochs=1)
+    with pytest.raises(loop.LabelRangeError, match="label 2 but the network has 2 outputs; "
+                                                   "build it with at least 3 classes"):
+        if with_val:
+            loop.evaluate_metrics(small, val)
+        else:
+            fit.fit(small, trainer, train, 1, quiet=True)
 
 
 class _LossPoisonedFrom:
@@ -112,7 +133,7 @@ def test_nan_loss_stops_with_the_last_good_checkpoint_intact(folder, tmp_path):
         snapshots.append(_params(net))
         loss_fn.epoch[0] = epoch + 1
 
-    with pytest.raises(NonFiniteLossError, match=r"epoch 1: .*nan.*last good checkpoint is "
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2/3: .*nan.*last good checkpoint is "
                                                  r"epoch 1"):
         fit.fit(net, trainer, train, 3, out_dir=str(tmp_path), quiet=True, loss_fn=loss_fn,
                 on_epoch_end=snapshot)
@@ -137,7 +158,8 @@ def test_ctrl_c_leaves_the_last_checkpoint_and_resume_continues(folder, tmp_path
     with pytest.raises(KeyboardInterrupt):
         fit.fit(net, trainer, train, 3, out_dir=str(tmp_path), quiet=True,
                 on_batch_end=interrupt, print_fn=messages.append)
-    assert "interrupted in epoch 1" in messages[-1] and "epoch 1" in messages[-1]
+    # the epoch as the progress bar showed it (counted from 1), and the last finished one
+    assert messages[-1].startswith("interrupted in epoch 2/3; the last good checkpoint is epoch 1")
     net, trainer, train, _ = _setup(folder)
     result = fit.fit(net, trainer, train, 3, out_dir=str(tmp_path), resume=True, quiet=True)
     assert result.epochs_run == 2 and [r["epoch"] for r in result.history] == [1, 2, 3]
@@ -148,11 +170,102 @@ def test_resuming_with_more_epochs_extends_the_schedule(folder, tmp_path):
     first = fit.fit(net, trainer, train, 1, out_dir=str(tmp_path), quiet=True)
     assert first.history[-1]["lr"] == 0.0  # a finished cosine schedule
     net, trainer, train, _ = _setup(folder, epochs=3)
-    result = fit.fit(net, trainer, train, 3, out_dir=str(tmp_path), resume=True, quiet=True)
+    result = fit.fit(net, trainer, train, 3, out_dir=str(tmp_path), resume=True, quiet=True,
+                     reschedule=True)
     rows = result.history
     assert [r["num_update"] for r in rows] == [len(train) * e for e in (1, 2, 3)]
     assert rows[1]["lr"] == pytest.approx(trainer.optimizer.lr_scheduler(2 * len(train)))
     assert rows[1]["lr"] > 0 and rows[2]["lr"] == 0.0
+
+
+RUN = {"model": "tiny", "lr": 0.05, "batch_size": 6}
+
+
+@pytest.mark.parametrize("change,run,listed,reschedulable", [
+    ({"epochs": 3}, {}, "epochs 1 -> 3", True),
+    ({"lr": 0.01}, {"lr": 0.01}, "lr 0.05 -> 0.01", True),
+    ({"batch": 3}, {"batch_size": 3}, "iters_per_epoch 3 -> 6, batch_size 6 -> 3", True),
+    ({}, {"model": "other"}, 'model "tiny" -> "other"', False),
+])
+def test_resume_with_other_settings_is_refused(change, run, listed, reschedulable, folder,
+                                               tmp_path):
+    net, trainer, train, _ = _setup(folder, epochs=1)
+    fit.fit(net, trainer, train, 1, out_dir=str(tmp_path), quiet=True, run=RUN)
+    epochs = change.pop("epochs", 1)
+    net, trainer, train, _ = _setup(folder, epochs=epochs, **change)
+    with pytest.raises(fit.RunMismatchError) as refused:
+        fit.fit(net, trainer, train, epochs, out_dir=str(tmp_path), resume=True, quiet=True,
+                run=dict(RUN, **run))
+    assert refused.value.reschedulable == reschedulable
+    for part in listed.split(", "):
+        assert part in str(refused.value)
+    if not reschedulable:  # reschedule=True does not make another model fit
+        with pytest.raises(fit.RunMismatchError, match="cannot change"):
+            fit.fit(net, trainer, train, epochs, out_dir=str(tmp_path), resume=True,
+                    quiet=True, run=dict(RUN, **run), reschedule=True)
+
+
+@pytest.mark.parametrize("lr,batch", [(0.05, 3), (0.01, 6)])
+def test_reschedule_continues_on_the_new_schedule_at_the_resumed_epoch(lr, batch, folder,
+                                                                       tmp_path):
+    net, trainer, train, _ = _setup(folder, epochs=1)
+    fit.fit(net, trainer, train, 1, out_dir=str(tmp_path), quiet=True, run=RUN)
+    net, trainer, train, _ = _setup(folder, epochs=3, lr=lr, batch=batch)
+    used, messages = {}, []
+
+    def record(epoch, index, metrics):
+        used.setdefault(epoch, trainer.learning_rate)  # the rate of the epoch's first update
+
+    result = fit.fit(net, trainer, train, 3, out_dir=str(tmp_path), resume=True, quiet=True,
+                     run=dict(RUN, lr=lr, batch_size=batch), reschedule=True,
+                     on_batch_end=record, print_fn=messages.append)
+    iters = len(train)
+    expected = make_lr_scheduler("cosine", lr, 3, iters)
+    assert used[1] == pytest.approx(expected(1 * iters + 1))
+    assert used[2] == pytest.approx(expected(2 * iters + 1))
+    assert result.history[1]["lr"] == pytest.approx(expected(2 * iters))
+    assert any(m.startswith("learning-rate schedule recomputed") and
+               f"epoch 2 starts at lr {expected(iters + 1):.3g}" in m for m in messages)
+
+
+def test_a_plain_resume_after_a_reschedule_keeps_the_new_schedule(folder, tmp_path):
+    net, trainer, train, _ = _setup(folder, epochs=1)
+    fit.fit(net, trainer, train, 1, out_dir=str(tmp_path), quiet=True, run=RUN)
+    net, trainer, train, _ = _setup(folder, epochs=3, batch=3)
+    run = dict(RUN, batch_size=3)
+
+    def stop_after_epoch_2(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        fit.fit(net, trainer, train, 3, out_dir=str(tmp_path), resume=True, quiet=True,
+                run=run, reschedule=True, on_epoch_end=stop_after_epoch_2)
+    # the run is now 3 epochs of 6 steps after 3 + 6 updates; its schedule is at step 12
+    net, trainer, train, _ = _setup(folder, epochs=3, batch=3)
+    used = {}
+    fit.fit(net, trainer, train, 3, out_dir=str(tmp_path), resume=True, quiet=True, run=run,
+            on_batch_end=lambda epoch, index, metrics: used.setdefault(
+                epoch, trainer.learning_rate))
+    assert used[2] == pytest.approx(make_lr_scheduler("cosine", 0.05, 3, 6)(2 * 6 + 1))
+
+
+def test_log_columns_keep_their_order_when_a_resumed_run_adds_some(folder, tmp_path):
+    net, trainer, train, val = _setup(folder, epochs=1)
+    fit.fit(net, trainer, train, 1, out_dir=str(tmp_path), quiet=True)
+    header = (tmp_path / "log.csv").read_text().splitlines()[0].split(",")
+    first_row = list(json.loads((tmp_path / "log.json").read_text())[0])
+    assert not any(column.startswith("val_") for column in header)
+    net, trainer, train, val = _setup(folder, epochs=2)
+    fit.fit(net, trainer, train, 2, val_data=val, out_dir=str(tmp_path), resume=True,
+            quiet=True, reschedule=True)
+    lines = (tmp_path / "log.csv").read_text().splitlines()
+    columns = lines[0].split(",")
+    assert columns[:len(header)] == header
+    assert sorted(columns[len(header):]) == ["val_loss", "val_top1", "val_top5"]
+    assert len(lines) == 3 and lines[1].endswith(",,,")  # epoch 1 had no validation
+    rows = json.loads((tmp_path / "log.json").read_text())
+    assert list(rows[0]) == first_row and list(rows[1]) == columns
 
 
 class _FailingTrainer:

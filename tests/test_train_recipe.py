@@ -43,6 +43,49 @@ def test_recipe_replace_ignores_none():
     assert (r.lr, r.epochs) == (0.002, 3)
 
 
+@pytest.mark.parametrize("changes,message", [
+    ({"lr": -0.1}, "lr must be at least 0"), ({"lr": float("nan")}, "lr must be at least 0"),
+    ({"wd": -1.0}, "wd must be at least 0"), ({"epochs": 0}, "epochs must be a positive"),
+    ({"batch_per_device": 0}, "batch_per_device must be a positive"),
+    ({"optimizer_params": [1]}, "optimizer_params must be a dict"),
+])
+def test_recipe_refuses_impossible_values(changes, message):
+    with pytest.raises(ValueError, match=message):
+        recipe.get_recipe("meliusnet22").replace(**changes)
+
+
+@pytest.mark.parametrize("available,ctx,message", [
+    (0, [mx.gpu(0)], "GPU 0 requested but this machine has no GPU"),
+    (1, [mx.gpu(0), mx.gpu(1)], r"GPU 1 requested but this machine has 1 GPU\(s\)"),
+    (2, mx.gpu(3), "GPU 3 requested"),
+])
+def test_a_gpu_the_machine_lacks_is_refused(available, ctx, message, monkeypatch):
+    monkeypatch.setattr(mx.context, "num_gpus", lambda: available)
+    with pytest.raises(ValueError, match=message):
+        recipe.check_contexts(ctx)
+    with pytest.raises(ValueError, match=message):
+        recipe.prepare_network(nn.Dense(2, in_units=3), ctx)
+
+
+@pytest.mark.parametrize("available,ctx", [(0, [mx.cpu(0), mx.cpu(1)]), (2, [mx.gpu(0),
+                                                                            mx.gpu(1)])])
+def test_devices_the_machine_has_pass(available, ctx, monkeypatch):
+    monkeypatch.setattr(mx.context, "num_gpus", lambda: available)
+    assert recipe.check_contexts(ctx) is None
+
+
+@pytest.mark.parametrize("optimizer,params,message", [
+    ("sgd", {"nosuch": 1}, "unexpected keyword argument 'nosuch'"),
+    ("radam", {"beta1": 2.0}, "beta1 must be in"),
+    ("no_such_optimizer", {}, "Cannot find optimizer"),
+])
+def test_make_trainer_names_a_bad_optimizer_or_argument(optimizer, params, message):
+    net = recipe.prepare_network(nn.Dense(2, in_units=3))
+    chosen = recipe.get_recipe("any").replace(optimizer=optimizer, optimizer_params=params)
+    with pytest.raises(ValueError, match=message):
+        recipe.make_trainer(net, chosen, iters_per_epoch=1, kvstore="local")
+
+
 def test_paper_initializer_is_he_gaussian_fan_in():
     net = nn.Dense(2000, in_units=500, use_bias=False)
     mx.random.seed(0)

@@ -25,9 +25,14 @@ from ..inference.ops import OpsLibraryError
 
 
 def _cmd_demo(args):
-    from .demo import run_demo
+    from .demo import check_out_dir, run_demo
+    if args.out is not None:
+        try:
+            check_out_dir(args.out)
+        except ValueError as err:
+            raise ValueError(f"--out {err}") from None
     run_demo(epochs=args.epochs, seed=args.seed, quiet=args.quiet, lr=args.lr,
-             data_format=args.data_format)
+             data_format=args.data_format, out_dir=args.out)
 
 
 def _cmd_summary(args):
@@ -176,7 +181,11 @@ def _parser():
                       help="pipeline the digits go through: RecordIO (ImageRecordIter) or an "
                            "image folder (gluon ImageFolderDataset); default: recordio")
     demo.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    demo.add_argument("--quiet", action="store_true", help="no progress bars")
+    demo.add_argument("--out", metavar="DIR", default=None,
+                      help="new or empty directory for the training logs, checkpoints and "
+                           "exports (default: a new temporary directory)")
+    demo.add_argument("--quiet", action="store_true",
+                      help="no progress bars, epoch lines or layer table")
     demo.set_defaults(func=_cmd_demo)
 
     summ = sub.add_parser("summary", help="parameters, size and OPs of a zoo network",

@@ -94,16 +94,31 @@ def _train(net, kind, data, demo_recipe, out_dir, seed, quiet):
     return time.perf_counter() - start
 
 
-def run_demo(epochs=8, seed=0, quiet=False, batch_size=64, lr=0.01, data_format="recordio"):
+def check_out_dir(out_dir):
+    """Raises ValueError unless ``out_dir`` is new or an empty directory (a second demo's
+    checkpoints and exports would be refused by, or mixed with, the first one's)."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ValueError(f"{out_dir} is an existing file, not a directory")
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        raise ValueError(f"{out_dir} is not empty; choose a new or empty directory")
+
+
+def run_demo(epochs=8, seed=0, quiet=False, batch_size=64, lr=0.01, data_format="recordio",
+             out_dir=None):
     """Runs the demo; returns a dict of the figures it printed, per network.
 
     ``data_format`` picks the pipeline the digits go through: ``"recordio"``
     (``ImageRecordIter``) or ``"folder"`` (gluon ``ImageFolderDataset``). Training logs,
-    checkpoints, curves and the exports are written to a new temporary directory, printed at the
-    end.
+    checkpoints, curves and the exports are written to ``out_dir`` (new or empty; default: a
+    new temporary directory), printed at the end. ``quiet``: no progress bars, epoch lines or
+    layer table.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
+    if out_dir is not None:
+        check_out_dir(out_dir)
+        os.makedirs(out_dir, exist_ok=True)
+    workdir = out_dir or tempfile.mkdtemp(prefix="bmxnet_demo_")
     seed_everything(seed)
     data = digits_data(data_format, image_size=IMAGE_SIZE, batch_size=batch_size, seed=seed)
     x_test, y_test = _whole_set(data[1])
@@ -118,10 +133,10 @@ def run_demo(epochs=8, seed=0, quiet=False, batch_size=64, lr=0.01, data_format=
           f"{demo_recipe.schedule}, {epochs} epochs")
 
     binary = build_demo_network(binary=True)
-    print("\nThe binary network (MeliusNet, blocks (1, 1, 1), thumbnail stem):")
+    if not quiet:  # the heading of the layer table, which quiet leaves out
+        print("\nThe binary network (MeliusNet, blocks (1, 1, 1), thumbnail stem):")
     totals = summary(binary, shape, print_table=not quiet)
     floating = build_demo_network(binary=False)
-    workdir = tempfile.mkdtemp(prefix="bmxnet_demo_")
     times = {kind: _train(net, kind, data, demo_recipe, os.path.join(workdir, kind), seed, quiet)
              for kind, net in (("binary", binary), ("float", floating))}
 

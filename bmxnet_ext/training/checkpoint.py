@@ -5,7 +5,8 @@ Layout of a checkpoint directory::
     latest.json             the commit record: epoch, sub-directory, SHA-256 of each file
     epoch-0003/net.params   network parameters (``save_parameters``, BN statistics included)
     epoch-0003/trainer.states   optimizer state, update counts and lr schedule
-    epoch-0003/meta.json    epoch, schedule position, metrics history, anything the caller adds
+    epoch-0003/meta.json    epoch, schedule position, metrics history, the run's settings (what
+                            ``fit`` compares on resume), anything the caller adds
 
 A checkpoint is written into a temporary sub-directory, each file flushed to disk, the directory
 renamed into place, and only then is ``latest.json`` replaced (temp file + ``os.replace``) — the
@@ -72,7 +73,8 @@ class CheckpointManager:
             net.save_parameters(os.path.join(temp, "net.params"))
             trainer.save_states(os.path.join(temp, "trainer.states"))
             with open(os.path.join(temp, "meta.json"), "w") as f:
-                json.dump(dict(meta, epoch=epoch), f, indent=1, sort_keys=True)
+                # key order kept: the history's rows keep their columns' order across resumes
+                json.dump(dict(meta, epoch=epoch), f, indent=1)
             for file in _FILES:
                 fsync_file(os.path.join(temp, file))
             hashes = {file: sha256_file(os.path.join(temp, file)) for file in _FILES}
@@ -95,12 +97,7 @@ class CheckpointManager:
             if entry != keep_name:
                 shutil.rmtree(os.path.join(self.directory, entry), ignore_errors=True)
 
-    def load(self, net, trainer=None, ctx=None):
-        """Restores the latest commit into ``net`` (and ``trainer``); returns its meta dict.
-
-        Raises :class:`CheckpointError` when there is no checkpoint, a file's hash differs from
-        the commit record, or the parameters do not fit ``net``.
-        """
+    def _verified_folder(self):
         record = self.latest()
         if record is None:
             raise CheckpointError(f"no checkpoint in {self.directory} (no latest.json)")
@@ -110,6 +107,21 @@ class CheckpointManager:
             if not os.path.exists(path) or sha256_file(path) != digest:
                 raise CheckpointError(f"checkpoint file {path} is missing or does not match the "
                                       "hash recorded at commit time")
+        return folder
+
+    def read_meta(self):
+        """The meta dict of the latest commit, without touching a network (e.g. to compare a
+        run's settings before loading); same errors as :meth:`load`."""
+        with open(os.path.join(self._verified_folder(), "meta.json")) as f:
+            return json.load(f)
+
+    def load(self, net, trainer=None, ctx=None):
+        """Restores the latest commit into ``net`` (and ``trainer``); returns its meta dict.
+
+        Raises :class:`CheckpointError` when there is no checkpoint, a file's hash differs from
+        the commit record, or the parameters do not fit ``net``.
+        """
+        folder = self._verified_folder()
         with open(os.path.join(folder, "meta.json")) as f:
             meta = json.load(f)
         try:

@@ -4,6 +4,8 @@ and a plot after every epoch, exact resume, and a NaN guard.
 >>> result = fit(net, trainer, train_data, epochs=10, val_data=val_data, out_dir="run1")
 >>> result = fit(net, trainer, train_data, epochs=10, val_data=val_data, out_dir="run1",
 ...              resume=True)           # after a crash, SIGKILL or Ctrl-C: continues exactly
+>>> result = fit(net, trainer, train_data, epochs=20, val_data=val_data, out_dir="run1",
+...              resume=True, reschedule=True)   # longer: the schedule is recomputed for 20
 
 What "exactly" takes: the checkpoint holds parameters, optimizer state, update counts and the
 schedule's position; each epoch reseeds Python's, numpy's and MXNet's generators from
@@ -24,9 +26,10 @@ from .checkpoint import CheckpointManager
 from .distributed import WorkerSync
 from .history import TrainingLog
 from .loop import NonFiniteLossError, evaluate_metrics, train_epoch_metrics
+from .runs import RESCHEDULABLE, RunMismatchError, changed_settings, run_settings, \
+    shifted_schedule, show_setting
 
-__all__ = ["FitResult", "fit", "seed_everything"]
-
+__all__ = ["FitResult", "RunMismatchError", "RESCHEDULABLE", "fit", "seed_everything"]
 
 @dataclass
 class FitResult:
@@ -49,7 +52,8 @@ def seed_everything(seed, epoch=0):
 
 def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=None,
         resume=False, loss_fn=None, topk=(1, 5), seed=0, kvstore=None, keep_checkpoints=2,
-        quiet=False, on_batch_end=None, on_epoch_end=None, print_fn=print):
+        quiet=False, on_batch_end=None, on_epoch_end=None, print_fn=print, run=None,
+        reschedule=False):
     """Trains ``net`` for ``epochs`` epochs (counted from 0, including resumed ones).
 
     Parameters
@@ -69,10 +73,10 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
         Where ``checkpoints/``, ``log.csv``, ``log.json`` and ``curves.png`` go. Without it
         nothing is written and ``resume`` is impossible.
     resume : bool
-        Continue from the last checkpoint in ``out_dir`` (which must exist): parameters,
-        optimizer state and update count come from it, the learning-rate schedule is
-        ``trainer``'s (so resuming with more ``epochs`` extends a finished run). Without
-        ``resume`` an ``out_dir`` that already holds a checkpoint is refused, not overwritten.
+        Continue from the last checkpoint in ``out_dir``: parameters, optimizer state and update
+        count come from it, the learning-rate schedule is ``trainer``'s. With no checkpoint
+        there, a new run starts (and says so). Without ``resume`` an ``out_dir`` that already
+        holds a checkpoint is refused, not overwritten.
     loss_fn, topk
         Per-sample loss (softmax cross-entropy) and the accuracies measured (top-1, top-5).
     seed : int
@@ -89,6 +93,16 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
     on_batch_end, on_epoch_end : callable, optional
         ``on_batch_end(epoch, batch_index, metrics)``; ``on_epoch_end(epoch, row)`` after the
         epoch's checkpoint is committed.
+    run : dict, optional
+        JSON-able settings of the run (e.g. ``model``, ``model_kwargs``, ``batch_size``, ``lr``,
+        ``schedule``, ``optimizer``), stored in every checkpoint with ``epochs`` and
+        ``iters_per_epoch`` (``len(train_data)``), which are always recorded. ``resume`` with
+        other values raises :class:`RunMismatchError` before anything is loaded.
+    reschedule : bool
+        With ``resume``: accept other values of the :data:`RESCHEDULABLE` settings (more epochs,
+        another lr or batch size) and continue on ``trainer``'s schedule at the position of the
+        resumed epoch (``epoch * len(train_data)`` updates into it), not at the restored update
+        count.
 
     Returns
     -------
@@ -99,8 +113,11 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
     NonFiniteLossError
         When a loss becomes NaN or infinite; the message names the last good checkpoint, which
         is left as it was.
+    RunMismatchError
+        ``resume`` with other settings than the checkpoint's run (see ``run``, ``reschedule``).
     KeyboardInterrupt
-        Passed on after saying which checkpoint a ``resume`` will continue from.
+        Passed on after saying in which epoch (counted from 1, as the progress bar shows it)
+        and which checkpoint a ``resume`` will continue from.
     """
     if epochs < 1:
         raise ValueError(f"epochs must be at least 1, got {epochs}")
@@ -112,18 +129,32 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
                          "workers itself")
     manager = CheckpointManager(os.path.join(out_dir, "checkpoints"), keep_checkpoints) \
         if out_dir else None
-    history, start = [], 0
-    if resume:
-        if manager is None:
-            raise ValueError("resume=True needs the out_dir of the run to continue")
+    run = run_settings(run, epochs, train_data)
+    history, start, update_offset = [], 0, 0
+    if resume and manager is None:
+        raise ValueError("resume=True needs the out_dir of the run to continue")
+    if resume and manager.latest() is None:
+        _say(print_fn, False, f"no checkpoint in {manager.directory}: starting a new run")
+    elif resume:
+        changes = changed_settings(manager.read_meta().get("run"), run)
+        if changes and not (reschedule and all(key in RESCHEDULABLE for key, _, _ in changes)):
+            raise RunMismatchError(manager.directory, changes)
         schedule = trainer.optimizer.lr_scheduler
         meta = manager.load(net, trainer, ctx=ctx)
-        # load_states brings back the saved optimizer with its schedule; the position is the
-        # restored update count, the schedule itself is this call's (more epochs extend a run)
-        trainer.optimizer.lr_scheduler = schedule
+        # load_states brings back the saved optimizer with its schedule; the schedule itself is
+        # this call's, its position the restored update count plus the saved offset
         history, start = list(meta["history"]), meta["epoch"]
-        _say(print_fn, quiet, f"resumed from {manager.directory} at epoch {start} "
+        update_offset = meta.get("update_offset", 0)
+        if reschedule and run["iters_per_epoch"] is not None:
+            update_offset = start * run["iters_per_epoch"] - meta["num_update"]
+        trainer.optimizer.lr_scheduler = shifted_schedule(schedule, update_offset)
+        _say(print_fn, quiet, f"resumed from {manager.directory} after epoch {start} "
                               f"(update {meta['num_update']}, lr {meta['lr']:.3g})")
+        if reschedule:
+            _say(print_fn, False, "learning-rate schedule recomputed for " + (
+                ", ".join(f"{key} {show_setting(new)}" for key, _, new in changes) or
+                "the same settings") + f": epoch {start + 1} starts at lr "
+                f"{_next_lr(trainer):.3g}")
     elif manager is not None and manager.latest() is not None:
         raise FileExistsError(f"{out_dir} already holds a checkpoint (epoch "
                               f"{manager.latest()['epoch']}); pass resume=True to continue it or "
@@ -137,15 +168,16 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
             row = _run_epoch(net, trainer, train_data, val_data, epoch, epochs, ctx, loss_fn,
                              topk, seed, sync, quiet, on_batch_end)
         except NonFiniteLossError as err:
-            raise NonFiniteLossError(f"epoch {epoch}: {err}. Stopped; "
+            raise NonFiniteLossError(f"epoch {epoch + 1}/{epochs}: {err}. Stopped; "
                                      f"{_last_good(manager)}") from err
         except KeyboardInterrupt:
-            _say(print_fn, False, f"interrupted in epoch {epoch}; {_last_good(manager)}")
+            _say(print_fn, False, f"interrupted in epoch {epoch + 1}/{epochs}; "
+                                  f"{_last_good(manager)}")
             raise
         history.append(row)
         if manager is not None:
             meta = {"history": history, "num_update": row["num_update"], "lr": row["lr"],
-                    "seed": seed}
+                    "seed": seed, "run": run, "update_offset": update_offset}
             result.checkpoint = manager.save(epoch + 1, net, trainer, meta)
             log.append(row)
         result.epochs_run += 1
@@ -179,6 +211,14 @@ def _run_epoch(net, trainer, train_data, val_data, epoch, epochs, ctx, loss_fn, 
     return row
 
 
+def _next_lr(trainer):
+    """The learning rate of the trainer's next update."""
+    optimizer = trainer.optimizer
+    if optimizer.lr_scheduler is None:
+        return float(trainer.learning_rate)
+    return float(optimizer.lr_scheduler(optimizer.num_update + 1))
+
+
 def _committed(manager):
     record = manager.latest() if manager is not None else None
     return os.path.join(manager.directory, record["dir"]) if record else None
@@ -189,7 +229,7 @@ def _last_good(manager):
     if record is None:
         return "no checkpoint was written (nothing finished an epoch yet)"
     return (f"the last good checkpoint is epoch {record['epoch']} in "
-            f"{os.path.join(manager.directory, record['dir'])} (resume=True continues from it)")
+            f"{os.path.join(manager.directory, record['dir'])}; resuming continues from it")
 
 
 def _epoch_line(row, epochs):

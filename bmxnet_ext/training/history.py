@@ -16,12 +16,23 @@ __all__ = ["TrainingLog", "plot_curves"]
 class TrainingLog:
     """Rows of per-epoch metrics (dicts with an ``"epoch"`` key), written to ``directory``.
 
-    ``rows`` may start from a resumed checkpoint's history.
+    ``rows`` may start from a resumed checkpoint's history. Columns keep the order in which they
+    first appeared (for a resumed run: the order of the ``log.csv`` already there); a column
+    that appears later (e.g. validation metrics added on resume) goes after them, so existing
+    rows never change their column order. ``log.json`` rows follow the same order.
     """
 
     def __init__(self, directory, rows=()):
         self.directory = directory
         self.rows = [dict(row) for row in rows]
+        self.columns = self._existing_columns() if self.rows else []
+
+    def _existing_columns(self):
+        try:
+            with open(os.path.join(self.directory, "log.csv"), newline="") as f:
+                return next(csv.reader(f), [])
+        except OSError:
+            return []
 
     def append(self, row):
         """Adds an epoch's row and rewrites ``log.csv``, ``log.json`` and ``curves.png``."""
@@ -31,19 +42,20 @@ class TrainingLog:
     def write(self):
         """Writes the three files for the rows so far."""
         os.makedirs(self.directory, exist_ok=True)
-        columns = []
         for row in self.rows:
-            columns += [key for key in row if key not in columns]
+            self.columns += [key for key in row if key not in self.columns]
+        columns = [key for key in self.columns if any(key in row for row in self.rows)]
+        ordered = [{key: row[key] for key in columns if key in row} for row in self.rows]
 
         def write_csv(path):
             with open(path, "w", newline="") as f:
                 writer = csv.DictWriter(f, fieldnames=columns)
                 writer.writeheader()
-                writer.writerows(self.rows)
+                writer.writerows(ordered)
 
         def write_json(path):
             with open(path, "w") as f:
-                json.dump(self.rows, f, indent=1)
+                json.dump(ordered, f, indent=1)
 
         atomic_write(os.path.join(self.directory, "log.csv"), write_csv)
         atomic_write(os.path.join(self.directory, "log.json"), write_json)

@@ -13,8 +13,8 @@ from mxnet import autograd, gluon
 
 from .distributed import WorkerSync
 
-__all__ = ["NonFiniteLossError", "train_epoch", "train_epoch_metrics", "evaluate",
-           "evaluate_metrics", "predict"]
+__all__ = ["NonFiniteLossError", "LabelRangeError", "train_epoch", "train_epoch_metrics",
+           "evaluate", "evaluate_metrics", "predict"]
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -23,6 +23,21 @@ class NonFiniteLossError(FloatingPointError):
     (Its forward pass did run, so BatchNorm running statistics saw the batch; a checkpoint
     written before it is the state to continue from.)
     """
+
+
+class LabelRangeError(ValueError):
+    """A class label outside ``[0, outputs)``: the network was built for fewer classes than the
+    data has (softmax cross-entropy would silently clip such a label)."""
+
+
+def _check_labels(label, outputs):
+    """Raises :class:`LabelRangeError` unless every label indexes one of ``outputs`` columns."""
+    classes = outputs.shape[-1]
+    low, high = float(label.min().asscalar()), float(label.max().asscalar())
+    if low < 0 or high >= classes:
+        raise LabelRangeError(f"a batch holds label {int(low if low < 0 else high)} but the "
+                              f"network has {classes} outputs; build it with at least "
+                              f"{int(high) + 1} classes")
 
 
 def _contexts(ctx):
@@ -91,7 +106,11 @@ def train_epoch_metrics(net, trainer, loader, loss_fn=None, ctx=mx.cpu(), topk=(
     ------
     NonFiniteLossError
         Before the update, when a step's loss (summed over all workers) is NaN or infinite.
+    LabelRangeError
+        With the default loss, before the update, when a label is not one of the network's
+        outputs.
     """
+    check_labels = loss_fn is None
     loss_fn = loss_fn or gluon.loss.SoftmaxCrossEntropyLoss()
     contexts, sync = _contexts(ctx), sync or WorkerSync()
     totals = {"loss": 0.0, **{f"top{k}": 0.0 for k in topk}}
@@ -114,6 +133,8 @@ def train_epoch_metrics(net, trainer, loader, loss_fn=None, ctx=mx.cpu(), topk=(
             with autograd.record():
                 outputs = [net(x) for x in datas]
                 losses = [loss_fn(out, y) for out, y in zip(outputs, labels)]
+            if check_labels:
+                _check_labels(label, outputs[0])
             autograd.backward(losses)
             batch_loss = sum(float(loss.sum().asscalar()) for loss in losses)
             step_loss, step_samples, everyone = sync.step(batch_loss, data.shape[0], True)
@@ -168,7 +189,9 @@ def train_epoch(net, trainer, loader, loss_fn=None, ctx=mx.cpu(), desc="train", 
 
 
 def evaluate_metrics(net, loader, ctx=mx.cpu(), loss_fn=None, topk=(1, 5)):
-    """``{"loss", "top1", "top5", "samples"}`` of ``net`` over ``loader`` (no updates)."""
+    """``{"loss", "top1", "top5", "samples"}`` of ``net`` over ``loader`` (no updates); with the
+    default loss a label that is not one of the outputs raises :class:`LabelRangeError`."""
+    check_labels = loss_fn is None
     loss_fn = loss_fn or gluon.loss.SoftmaxCrossEntropyLoss()
     contexts = _contexts(ctx)
     totals = {"loss": 0.0, **{f"top{k}": 0.0 for k in topk}}
@@ -177,6 +200,8 @@ def evaluate_metrics(net, loader, ctx=mx.cpu(), loss_fn=None, topk=(1, 5)):
         datas, labels = _split(data, label, contexts)
         for x, y in zip(datas, labels):
             output = net(x)
+            if check_labels:
+                _check_labels(y, output)
             totals["loss"] += float(loss_fn(output, y).sum().asscalar())
             for k in topk:
                 totals[f"top{k}"] += _topk_correct(output, y, k)

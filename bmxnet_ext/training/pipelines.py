@@ -25,7 +25,8 @@ from ..utils.imagenet import (IMAGENET_MEAN, IMAGENET_STD, eval_resize, eval_tra
                               normalize_steps)
 
 __all__ = ["MEAN_RGB", "STD_RGB", "Augmentation", "train_transform", "val_transform",
-           "ShardSampler", "ImageFolderData", "RecordData", "open_image_data"]
+           "ShardSampler", "ImageFolderData", "RecordData", "open_image_data", "BatchSizeError",
+           "check_batch_size", "check_same_classes"]
 
 MEAN_RGB, STD_RGB = IMAGENET_MEAN, IMAGENET_STD
 
@@ -124,6 +125,43 @@ class ShardSampler(gluon.data.Sampler):
         return iter(padded[self.part_index::self.num_parts].tolist())
 
 
+class BatchSizeError(ValueError):
+    """A batch size that is not positive, or larger than a worker's training set."""
+
+
+def check_batch_size(batch_size, num_samples, num_parts=1):
+    """Raises :class:`BatchSizeError` unless ``1 <= batch_size <= ceil(num_samples /
+    num_parts)`` (the training images of one of ``num_parts`` workers): a larger training batch
+    would make epochs of zero steps. ``num_samples=None`` checks positivity only (validation
+    keeps a short last batch)."""
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise BatchSizeError(f"batch size must be a positive integer, got {batch_size!r}")
+    if num_samples is None:
+        return
+    per_part = math.ceil(num_samples / num_parts)
+    if batch_size > per_part:
+        where = "" if num_parts == 1 else f" of this worker ({num_samples} over {num_parts})"
+        raise BatchSizeError(f"a batch of {batch_size} is larger than the {per_part} training "
+                             f"images{where}; use a batch of at most {per_part}")
+
+
+def check_same_classes(train_classes, val_classes):
+    """Raises ValueError when the class names of the training and validation sets differ (a
+    label would then mean one class in training and another in validation); None (unknown
+    names) passes."""
+    if train_classes is None or val_classes is None or list(train_classes) == list(val_classes):
+        return
+    train_only = sorted(set(train_classes) - set(val_classes))
+    val_only = sorted(set(val_classes) - set(train_classes))
+    detail = "; ".join(part for part in (
+        f"only in train: {', '.join(train_only[:5])}" if train_only else "",
+        f"only in val: {', '.join(val_only[:5])}" if val_only else "") if part) or \
+        "the same names in another order"
+    raise ValueError(f"train and val have different classes ({len(train_classes)} vs "
+                     f"{len(val_classes)}; {detail}); both need the same class folders or "
+                     ".classes files")
+
+
 def _float_labels(data, label):
     return data, label.astype("float32")
 
@@ -159,12 +197,13 @@ class ImageFolderData:
                              f"{root}/<class>/<image>.jpg|png)")
         self.classes = list(dataset.synsets)
         self.num_samples = len(dataset)
+        check_batch_size(batch_size, self.num_samples if train else None, num_parts)
         transform = train_transform(aug) if train else val_transform(aug)
         self.sampler = ShardSampler(len(dataset), shuffle=train, seed=seed,
                                     num_parts=num_parts, part_index=part_index)
         self._loader = gluon.data.DataLoader(
             dataset.transform_first(transform), batch_size=batch_size, sampler=self.sampler,
-            last_batch="discard" if train and len(self.sampler) >= batch_size else "keep",
+            last_batch="discard" if train else "keep",
             num_workers=num_workers)
 
     def set_epoch(self, epoch):
@@ -204,6 +243,7 @@ class RecordData:
             self.num_samples = sum(1 for line in index if line.strip())
         if self.num_samples == 0:
             raise ValueError(f"RecordIO file {path_imgrec!r} holds no records")
+        check_batch_size(batch_size, self.num_samples if train else None, num_parts)
         self.classes = classes
         self.batch_size, self.train, self.aug, self.seed = batch_size, train, aug, seed
         self.num_parts, self.part_index, self.threads = num_parts, part_index, threads
@@ -258,24 +298,28 @@ def open_image_data(path, batch_size, aug=Augmentation(), seed=0, num_parts=1, p
     RecordIO is preferred when both are present. ``workers``: decoding threads of the RecordIO
     iterator, or DataLoader processes for image folders (0 for exact reproducibility).
     Validation is not sharded: every worker evaluates the whole validation set.
+
+    Raises :class:`BatchSizeError` for a batch larger than a worker's training images, and
+    ValueError when train and val hold different classes (names or count).
     """
     records = [os.path.join(path, f"{split}.rec") for split in ("train", "val")]
     folders = [os.path.join(path, split) for split in ("train", "val")]
     if all(os.path.isfile(r) for r in records):
-        classes = _classes_of(path)
+        from .records import read_classes
+
+        # without .classes files (e.g. MXNet's own im2rec) the names are unknown: not compared
+        classes = [read_classes(record) for record in records]
+        check_same_classes(*classes)
         return (RecordData(records[0], batch_size, True, aug, seed, num_parts, part_index,
-                           threads=max(workers, 1), classes=classes),
+                           threads=max(workers, 1), classes=classes[0]),
                 RecordData(records[1], batch_size, False, aug, seed, threads=max(workers, 1),
-                           classes=classes))
+                           classes=classes[1]))
     if all(os.path.isdir(f) for f in folders):
-        return (ImageFolderData(folders[0], batch_size, True, aug, seed, num_parts, part_index,
-                                num_workers=workers),
-                ImageFolderData(folders[1], batch_size, False, aug, seed, num_workers=workers))
+        train = ImageFolderData(folders[0], batch_size, True, aug, seed, num_parts, part_index,
+                                num_workers=workers)
+        val = ImageFolderData(folders[1], batch_size, False, aug, seed, num_workers=workers)
+        check_same_classes(train.classes, val.classes)
+        return train, val
     raise FileNotFoundError(
         f"{path!r} is neither a RecordIO data directory (train.rec, train.idx, val.rec, val.idx) "
         "nor an image-folder one (train/<class>/..., val/<class>/...)")
-
-
-def _classes_of(path):
-    from .records import read_classes
-    return read_classes(os.path.join(path, "train.rec"))

@@ -17,7 +17,7 @@ from . import optim
 from .distributed import create_kvstore, is_distributed
 
 __all__ = ["Recipe", "RECIPES", "get_recipe", "paper_initializer", "exclude_norm_from_wd",
-           "prepare_network", "make_trainer"]
+           "check_contexts", "prepare_network", "make_trainer"]
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,18 @@ class Recipe:
     step_factor: float = 0.1
     image_size: int = 224
     top1: float = None
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_per_device", "devices", "image_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"Recipe: {name} must be a positive integer, got {value!r}")
+        for name in ("lr", "wd"):
+            if not getattr(self, name) >= 0:  # also refuses NaN
+                raise ValueError(f"Recipe: {name} must be at least 0, got {getattr(self, name)}")
+        if not isinstance(self.optimizer_params, dict):
+            raise ValueError(f"Recipe: optimizer_params must be a dict of optimizer arguments, "
+                             f"got {self.optimizer_params!r}")
 
     def replace(self, **changes):
         """A copy with ``changes`` applied; ``None`` values are ignored (CLI defaults)."""
@@ -82,10 +94,27 @@ def exclude_norm_from_wd(net):
     return names
 
 
+def check_contexts(ctx):
+    """Raises ValueError when ``ctx`` (one context or a list) names a GPU this machine does not
+    have (``mx.context.num_gpus()`` of them), before MXNet fails deep inside an operator."""
+    contexts = ctx if isinstance(ctx, (list, tuple)) else [ctx]
+    wanted = sorted({c.device_id for c in contexts if c.device_type == "gpu"})
+    if not wanted:
+        return
+    available = mx.context.num_gpus()
+    missing = [i for i in wanted if i >= available]
+    if missing:
+        have = "no GPU" if available == 0 else f"{available} GPU(s) (ids 0-{available - 1})"
+        raise ValueError(f"GPU {', '.join(map(str, missing))} requested but this machine has "
+                         f"{have}")
+
+
 def prepare_network(net, ctx=mx.cpu(), input_shape=None, init=None):
     """Initializes ``net`` on ``ctx`` (one context or a list) with ``init`` (default
     :func:`paper_initializer`), exempts BatchNorm from weight decay and, given ``input_shape``
-    (e.g. ``(1, 3, 224, 224)``), runs one forward pass so deferred shapes are resolved now."""
+    (e.g. ``(1, 3, 224, 224)``), runs one forward pass so deferred shapes are resolved now.
+    A GPU the machine does not have is refused (:func:`check_contexts`)."""
+    check_contexts(ctx)
     net.initialize(init or paper_initializer(), ctx=ctx)
     exclude_norm_from_wd(net)
     if input_shape is not None:
@@ -114,6 +143,9 @@ def make_trainer(net, recipe, iters_per_epoch, kvstore="device", epochs=None):
     ``Trainer.save_states`` can checkpoint the optimizer on every kvstore. With a distributed
     kvstore the trainer gets none (pass the kvstore to :func:`bmxnet_ext.fit.fit`, which sums
     gradients over workers itself; see :class:`bmxnet_ext.distributed.WorkerSync` for why).
+
+    An optimizer name MXNet does not know, or an argument in ``recipe.optimizer_params`` the
+    optimizer does not take or refuses, raises ValueError naming it.
     """
     if isinstance(kvstore, str):
         kvstore = create_kvstore(kvstore)
@@ -124,5 +156,11 @@ def make_trainer(net, recipe, iters_per_epoch, kvstore="device", epochs=None):
                                         step_factor=recipe.step_factor)
     params = dict(recipe.optimizer_params, learning_rate=recipe.lr, wd=recipe.wd,
                   lr_scheduler=scheduler)
-    return gluon.Trainer(net.collect_params(), recipe.optimizer, params, kvstore=kvstore,
-                         update_on_kvstore=False)
+    try:
+        # gluon.Trainer creates the optimizer now: unknown names and arguments fail here
+        return gluon.Trainer(net.collect_params(), recipe.optimizer, params, kvstore=kvstore,
+                             update_on_kvstore=False)
+    except (TypeError, ValueError, AssertionError, mx.base.MXNetError) as err:
+        detail = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"optimizer {recipe.optimizer!r} with arguments "
+                         f"{recipe.optimizer_params} cannot be created: {detail}") from err

@@ -14,7 +14,8 @@ import mxnet as mx
 
 from ..utils.files import replacing
 
-__all__ = ["IMAGE_EXTENSIONS", "list_image_folder", "folder_to_recordio", "read_classes"]
+__all__ = ["IMAGE_EXTENSIONS", "list_image_folder", "recordio_files", "folder_to_recordio",
+           "read_classes"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -56,8 +57,14 @@ def _encode(job):
     return mx.recordio.pack_img(header, image, quality=quality, img_fmt=encoding)
 
 
+def recordio_files(prefix):
+    """The files :func:`folder_to_recordio` writes for ``prefix``: ``.rec``, ``.idx``,
+    ``.classes``."""
+    return [f"{prefix}.rec", f"{prefix}.idx", f"{prefix}.classes"]
+
+
 def folder_to_recordio(root, prefix, shuffle=True, seed=0, resize=None, quality=95,
-                       encoding=".jpg", workers=1):
+                       encoding=".jpg", workers=1, overwrite=True):
     """Packs the image folder ``root`` into ``prefix.rec`` / ``prefix.idx`` / ``prefix.classes``.
 
     Parameters
@@ -77,19 +84,25 @@ def folder_to_recordio(root, prefix, shuffle=True, seed=0, resize=None, quality=
         images.
     workers : int
         Processes that read and encode in parallel.
+    overwrite : bool
+        False: raise FileExistsError, before reading anything, when one of the three files
+        exists.
 
     Returns
     -------
     int
         The number of records written. The three files appear only once complete.
     """
+    targets = recordio_files(prefix)
+    existing = [path for path in targets if os.path.exists(path)]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing[0]} already exists; pass overwrite=True to replace it")
     items, classes = list_image_folder(root)
     order = list(range(len(items)))
     if shuffle:
         random.Random(seed).shuffle(order)
     jobs = [(i, items[i][0], items[i][1], resize, quality, encoding) for i in order]
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-    targets = [f"{prefix}.rec", f"{prefix}.idx", f"{prefix}.classes"]
     with replacing(*targets) as temps:
         record = mx.recordio.MXIndexedRecordIO(temps[1], temps[0], "w")
         try:
