@@ -1,11 +1,11 @@
 """MeliusNet (Bethge, Bartz, Yang, Meinel: "MeliusNet: Can Binary Neural Networks Achieve
 MobileNet-level Accuracy?", arXiv:2001.05936, 2020).
 
-Every entry point takes ``pretrained=False`` (True loads the weights registered under the
-model's name from the local store, see :mod:`bmxnet_ext.inference.model_store`; with ``root`` for the
-store directory and ``ctx`` for the device) and the arguments of :class:`MeliusNet` other than
-the spec: ``classes``, ``stem``, ``input_size``, ``activation``, ``clip_threshold``,
-``norm_layer``, ``norm_kwargs``.
+Every entry point takes ``pretrained=False`` (True loads the weights registered under the model's
+name from the local store, see :mod:`bmxnet_ext.inference.model_store`; with ``root`` for the store
+directory and ``ctx`` for the device) and the arguments of :class:`MeliusNet` other than the spec:
+``classes``, ``stem``, ``input_size``, ``activation``, ``clip_threshold``, ``norm_layer``,
+``norm_kwargs``.
 """
 from mxnet.gluon import HybridBlock, nn
 
@@ -51,7 +51,8 @@ class MeliusNet(HybridBlock):
     classes : int
         Outputs of the classifier (ImageNet: 1000).
     stem : str or None
-        ``"grouped_stem"``, ``"imagenet"`` or ``"thumbnail"`` (:class:`bmxnet_ext.binary.blocks.Stem`);
+        ``"grouped_stem"``, ``"imagenet"`` or ``"thumbnail"``
+        (:class:`bmxnet_ext.binary.blocks.Stem`);
         None picks the thumbnail stem for ``input_size <= 64`` and ``default_stem`` otherwise.
     input_size : int
         Height (= width) of the inputs the network is built for; it picks the stem and is checked

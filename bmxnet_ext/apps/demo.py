@@ -2,12 +2,11 @@
 
 Trains a small MeliusNet (``meliusnet_flex``, thumbnail stem) and its full-precision twin on
 scikit-learn's handwritten digits (real images, no download), fed through the ImageNet code path
-(the digits written as RecordIO or an image folder, read by :mod:`bmxnet_ext.pipelines`) and
-trained by :func:`bmxnet_ext.fit.fit` with the paper's recipe (RAdam, cosine schedule). Then it
-does what a user does with a binary network and checks each step: hybridized == imperative,
+(the digits written as RecordIO or an image folder, read by :mod:`bmxnet_ext.training.pipelines`)
+and trained by :func:`bmxnet_ext.training.fit.fit` with the paper's recipe (RAdam, cosine schedule).
+Then it does what a user does with a binary network and checks each step: hybridized == imperative,
 conversion to the packed xnor form, export, reload in a fresh Python process with the same
-predictions. It ends with accuracy,
-parameter-file size and latency side by side.
+predictions. It ends with accuracy, parameter-file size and latency side by side.
 """
 import os
 import subprocess

@@ -4,8 +4,8 @@ A quantized layer with both quantizers ``None`` *is* the float layer: QConv2D su
 ``nn.Conv2D`` and QDense subclasses ``nn.Dense``, with the same parameter names, so a float
 checkpoint loads into a binary network and back.
 
-Output convention of a binary layer (``weight_quantizer`` set): with ``K = in_channels / groups *
-kh * kw`` inputs per output (``in_units`` for QDense), the ±1 dot product ``dot`` is returned as the
+Output convention of a binary layer (``weight_quantizer`` set): with ``K = in_channels / groups * kh
+* kw`` inputs per output (``in_units`` for QDense), the ±1 dot product ``dot`` is returned as the
 number of agreeing bits ``(dot + K) / 2`` (``offset=True``, the default), as ``dot``
 (``offset=False``) or as ``dot * mean(|W|)`` per output channel (``scaling=True``). All three are
 what the packed xnor-popcount kernels compute exactly.

@@ -1,7 +1,7 @@
 """Conversion of a trained binary network into its packed xnor inference form, and reloading it.
 
 :func:`convert_to_xnor` replaces every binary unit whose input is binarized (a
-:class:`~bmxnet_ext.layers.BinaryConvolution`, or a ``QConv2D`` / ``QDense`` with an input
+:class:`~bmxnet_ext.binary.layers.BinaryConvolution`, or a ``QConv2D`` / ``QDense`` with an input
 quantizer) by a block that stores its weights as packed bits and calls the C++ ``bmx_*`` operator;
 everything else is left as it was. The result is checked against the original network on a probe
 input before it is returned: a converted network never computes something else.
@@ -123,7 +123,7 @@ def convert_to_xnor(net, input_shape=None, verify=True, seed=0, fuse=False):
     Parameters
     ----------
     net : HybridBlock
-        A trained network built from :class:`~bmxnet_ext.layers.BinaryConvolution` units (or
+        A trained network built from :class:`~bmxnet_ext.binary.layers.BinaryConvolution` units (or
         ``QConv2D`` / ``QDense`` with input quantizers), its parameters initialized, on any
         devices (trained on several GPUs or CPUs, attached to a Trainer with any KVStore). It
         is not modified, not even run: conversion and verification work on CPU copies.
@@ -237,8 +237,8 @@ def _check_params_fit(symbol, params, params_file, symbol_file, card):
     if classes is not None and tuple(out_shape) != (1, classes):
         raise ModelFileError(
             f"{card_path(symbol_file[:-len('-symbol.json')])} says the network has {classes} "
-            f"outputs, but the network in {symbol_file} returns shape {tuple(out_shape)}; the card belongs "
-            "to another export. Export the network again")
+            f"outputs, but the network in {symbol_file} returns shape {tuple(out_shape)}; the "
+            "card belongs to another export. Export the network again")
 
 
 def load_xnor(prefix, epoch=0, ctx=mx.cpu()):
@@ -247,12 +247,11 @@ def load_xnor(prefix, epoch=0, ctx=mx.cpu()):
     ``prefix`` is the path given to ``export``; it reads ``{prefix}-symbol.json`` and
     ``{prefix}-{epoch:04d}.params``. Equivalent to ``gluon.SymbolBlock.imports`` once the
     ``bmx_*`` operators are loaded, with errors that say what is wrong and what to do:
-    FileNotFoundError for missing files, :class:`~bmxnet_ext.ops.OpsLibraryError` when the
-    operators are missing, :class:`~bmxnet_ext.model_card.ModelFileError` (a ValueError) for a
-    damaged or truncated file, a params file of another network, a symbol file written for
-    another version of the operators, or files that disagree with their model card
-    (``{prefix}-model.json``, if any: the params file's SHA-256, the input and output shapes,
-    packed or float).
+    FileNotFoundError for missing files, :class:`~bmxnet_ext.ops.OpsLibraryError` when the operators
+    are missing, :class:`~bmxnet_ext.inference.model_card.ModelFileError` (a ValueError) for a
+    damaged or truncated file, a params file of another network, a symbol file written for another
+    version of the operators, or files that disagree with their model card (``{prefix}-model.json``,
+    if any: the params file's SHA-256, the input and output shapes, packed or float).
 
     Returns a :class:`~bmxnet_ext.ThreadSafeBlock` around the ``SymbolBlock``: several threads
     may call it at once, as with :func:`convert_to_xnor`.

@@ -1,4 +1,4 @@
-"""Fused packed forms for :func:`~bmxnet_ext.converter.convert_to_xnor` (``fuse=True``).
+"""Fused packed forms for :func:`~bmxnet_ext.convert_to_xnor` (``fuse=True``).
 
 Two rewrites remove the float work between binary convolutions, where a packed network otherwise
 spends most of its time:
@@ -11,11 +11,11 @@ spends most of its time:
   constant channel). The result reproduces MXNet's BatchNorm on a plain NCHW input bit for bit;
   folding is checked on probe values (specials, the threshold's neighbours, random values) and
   a channel that does not fold exactly keeps its BatchNorm.
-- **Stages in one operator.** A run of :class:`~bmxnet_ext.blocks.DenseBlock` /
-  :class:`~bmxnet_ext.blocks.ImprovementBlock` (MeliusNet, BinaryDenseNet) becomes one
+- **Stages in one operator.** A run of :class:`~bmxnet_ext.binary.blocks.DenseBlock` /
+  :class:`~bmxnet_ext.binary.blocks.ImprovementBlock` (MeliusNet, BinaryDenseNet) becomes one
   ``bmx_binary_stage`` operator (:class:`XnorBinaryStage`): each unit's thresholds, packing and
   convolution run in the stage's output buffer, its outputs written where the concat or the add
-  would put them. A :class:`~bmxnet_ext.blocks.BinaryUnit` elsewhere becomes one
+  would put them. A :class:`~bmxnet_ext.binary.blocks.BinaryUnit` elsewhere becomes one
   ``bmx_binary_conv2d`` with thresholds.
 - **BatchNorm -> ReLU -> max pooling in one pass** (:class:`NormReluPool`, the stem's tail and
   the transitions' head): the same float values as MXNet's three operators on a plain NCHW
@@ -166,8 +166,8 @@ def _stage_geometry(conv):
 
 
 def _stage_from_blocks(blocks, prefix):
-    """The :class:`XnorBinaryStage` of ``blocks`` (DenseBlock / ImprovementBlock), or None if one of them has
-    no exact fused form (a stride, groups, scaling, a bias, another norm layer...)."""
+    """The :class:`XnorBinaryStage` of ``blocks`` (DenseBlock / ImprovementBlock), or None if one
+    of them has no exact fused form (a stride, groups, scaling, a bias, another norm layer...)."""
     geometries = {_stage_geometry(b.unit.conv) for b in blocks}
     if len(geometries) != 1 or None in geometries:
         return None

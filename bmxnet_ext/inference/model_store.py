@@ -47,9 +47,10 @@ def _paths(name, root):
 
 
 def _how_to_add(name, directory):
-    return (f"Register trained weights with bmxnet_ext.model_store.register_pretrained(net, "
-            f"{name!r}) (or copy {name}.params and its {name}.sha256 into {directory}); set "
-            "MXNET_HOME or pass root= to use another store.")
+    return (f"Register trained weights with "
+            f"bmxnet_ext.inference.model_store.register_pretrained(net, {name!r}) (or copy "
+            f"{name}.params and its {name}.sha256 into {directory}); set MXNET_HOME or pass "
+            "root= to use another store.")
 
 
 def pretrained_file(name, root=None):

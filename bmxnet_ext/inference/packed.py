@@ -144,8 +144,8 @@ class XnorBinaryStage(HybridBlock):
 
     Unit ``i`` reads the first ``C_i`` channels of the stage's buffer (``C_0 = in_channels``),
     binarizes them by its folded BatchNorm and either appends ``growth`` channels (``"d"``,
-    :class:`~bmxnet_ext.blocks.DenseBlock`) or adds into the last ``growth`` (``"i"``,
-    :class:`~bmxnet_ext.blocks.ImprovementBlock`). Built by :meth:`from_blocks`; parameters
+    :class:`~bmxnet_ext.binary.blocks.DenseBlock`) or adds into the last ``growth`` (``"i"``,
+    :class:`~bmxnet_ext.binary.blocks.ImprovementBlock`). Built by :meth:`from_blocks`; parameters
     ``unit{i}_packed_weight`` (int32), ``unit{i}_threshold_sign`` and
     ``unit{i}_threshold_bias`` (float32, ``(C_i,)``).
     """

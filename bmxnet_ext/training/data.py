@@ -112,8 +112,8 @@ def digits_image_folder(root=None, store_size=32, test_fraction=0.2, seed=0):
 def digits_recordio(root=None, store_size=32, test_fraction=0.2, seed=0, folder=None):
     """The digits as RecordIO: ``train.rec/.idx/.classes`` and ``val.rec/.idx/.classes`` packed
     from :func:`digits_image_folder` (at ``folder``, default: the cache) by
-    :func:`bmxnet_ext.records.folder_to_recordio`; returns ``root`` (default: the image folder's
-    path suffixed ``-rec``)."""
+    :func:`bmxnet_ext.training.records.folder_to_recordio`; returns ``root`` (default: the image
+    folder's path suffixed ``-rec``)."""
     from .records import folder_to_recordio
 
     folder = digits_image_folder(folder, store_size, test_fraction, seed)

@@ -6,7 +6,7 @@ all-reduces each step's loss and "I still have data" flag, so a NaN on one worke
 them and an epoch ends for all when the first shard runs out;
 :meth:`WorkerSync.average_aux_states` makes BatchNorm's running statistics (which no gradient
 synchronizes) equal across devices and workers. The processes are started by
-:mod:`bmxnet_ext.launcher`.
+:mod:`bmxnet_ext.training.launcher`.
 """
 import os
 
@@ -37,7 +37,7 @@ def create_kvstore(name):
     ``mx.kv.KVStore`` for distributed ones (the training loop needs its rank and size).
 
     Distributed stores need the ``DMLC_*`` environment of a process started by
-    :mod:`bmxnet_ext.launcher`; without it this raises instead of waiting for a scheduler.
+    :mod:`bmxnet_ext.training.launcher`; without it this raises instead of waiting for a scheduler.
     """
     if name not in KVSTORES:
         raise ValueError(f"unknown kvstore {name!r}; expected one of {', '.join(KVSTORES)}")
@@ -48,7 +48,7 @@ def create_kvstore(name):
     if missing:
         raise RuntimeError(f"kvstore {name!r} needs the parameter-server environment "
                            f"({', '.join(missing)} unset): start the workers with "
-                           "examples/imagenet/launch.py (bmxnet_ext.launcher)")
+                           "examples/imagenet/launch.py (bmxnet_ext.training.launcher)")
     return mx.kv.create(name)
 
 
@@ -62,7 +62,7 @@ class WorkerSync:
     leaving one worker with different weights). Here every key is initialized in one collective
     call, rank 0 confirms the server holds them before anyone goes on, and each exchange is a
     plain push followed by a pull. The trainer then only applies updates
-    (:meth:`gluon.Trainer.update`); see :func:`bmxnet_ext.recipe.make_trainer`.
+    (:meth:`gluon.Trainer.update`); see :func:`bmxnet_ext.training.recipe.make_trainer`.
 
     Every worker must make the same calls in the same order.
     """

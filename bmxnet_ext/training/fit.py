@@ -61,10 +61,10 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
     net : gluon.Block
         Initialized on ``ctx``.
     trainer : gluon.Trainer
-        With its learning-rate schedule (see :func:`bmxnet_ext.recipe.make_trainer`).
+        With its learning-rate schedule (see :func:`bmxnet_ext.training.recipe.make_trainer`).
     train_data, val_data : iterable of (data, label)
-        E.g. :mod:`bmxnet_ext.pipelines` objects or gluon DataLoaders; ``set_epoch(epoch)`` is
-        called when present.
+        E.g. :mod:`bmxnet_ext.training.pipelines` objects or gluon DataLoaders; ``set_epoch(epoch)``
+        is called when present.
     epochs : int
         Total epochs of the run.
     ctx : Context or list of Context
@@ -83,9 +83,9 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
         Base of the per-epoch seeds (:func:`seed_everything`).
     kvstore : mx.kv.KVStore, optional
         A distributed kvstore (``dist_sync``, ``dist_device_sync``): workers start from rank 0's
-        parameters, sum gradients each step, stay in lock step and average BatchNorm
-        statistics after every epoch (:class:`bmxnet_ext.distributed.WorkerSync`). The trainer
-        must then have no kvstore of its own (:func:`bmxnet_ext.recipe.make_trainer`).
+        parameters, sum gradients each step, stay in lock step and average BatchNorm statistics
+        after every epoch (:class:`bmxnet_ext.training.distributed.WorkerSync`). The trainer must
+        then have no kvstore of its own (:func:`bmxnet_ext.training.recipe.make_trainer`).
     keep_checkpoints : int
         Committed checkpoints kept on disk.
     quiet : bool
@@ -125,8 +125,8 @@ def fit(net, trainer, train_data, epochs, val_data=None, ctx=mx.cpu(), out_dir=N
     # gluon.Trainer keeps its kvstore argument here; a distributed one would reduce twice
     if sync.distributed and trainer._kvstore_params.get("kvstore") is not None:
         raise ValueError("for distributed training build the trainer without a kvstore "
-                         "(bmxnet_ext.recipe.make_trainer does): fit sums gradients over the "
-                         "workers itself")
+                         "(bmxnet_ext.training.recipe.make_trainer does): fit sums gradients "
+                         "over the workers itself")
     manager = CheckpointManager(os.path.join(out_dir, "checkpoints"), keep_checkpoints) \
         if out_dir else None
     run = run_settings(run, epochs, train_data)

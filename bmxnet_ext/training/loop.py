@@ -1,7 +1,7 @@
 """Training-loop pieces a user reuses: one epoch of training, evaluation, prediction.
 
 Every function takes ``ctx`` as one context or a list; batches are split across a list with
-``gluon.utils.split_and_load``. :func:`bmxnet_ext.fit.fit` builds the crash-safe loop over
+``gluon.utils.split_and_load``. :func:`bmxnet_ext.training.fit.fit` builds the crash-safe loop over
 epochs from these.
 """
 import itertools

@@ -9,7 +9,7 @@ depend only on ``(seed, epoch)``, so a resumed run sees the data a run without i
 
 Layouts :func:`open_image_data` understands (ImageNet's, or anything shaped like it)::
 
-    DATA/train.rec, train.idx, val.rec, val.idx      (RecordIO, e.g. from bmxnet_ext.records)
+    DATA/train.rec, train.idx, val.rec, val.idx      (RecordIO, e.g. from training.records)
     DATA/train/<class>/<image>, DATA/val/<class>/... (image folders)
 """
 import math

@@ -134,15 +134,15 @@ def make_trainer(net, recipe, iters_per_epoch, kvstore="device", epochs=None):
         Steps per epoch of this worker (the schedule runs per iteration).
     kvstore : str or mx.kv.KVStore
         ``"local"``, ``"device"`` or a created distributed store (see
-        :func:`bmxnet_ext.distributed.create_kvstore`; a distributed name is created here).
+        :func:`bmxnet_ext.training.distributed.create_kvstore`; a distributed name is created here).
     epochs : int, optional
         Length of the schedule; ``recipe.epochs`` by default.
 
-    Optimizer updates run on the workers (``update_on_kvstore=False``): parameter servers only
-    sum gradients, so they need not unpickle this package's optimizer, and
-    ``Trainer.save_states`` can checkpoint the optimizer on every kvstore. With a distributed
-    kvstore the trainer gets none (pass the kvstore to :func:`bmxnet_ext.fit.fit`, which sums
-    gradients over workers itself; see :class:`bmxnet_ext.distributed.WorkerSync` for why).
+    Optimizer updates run on the workers (``update_on_kvstore=False``): parameter servers only sum
+    gradients, so they need not unpickle this package's optimizer, and ``Trainer.save_states`` can
+    checkpoint the optimizer on every kvstore. With a distributed kvstore the trainer gets none
+    (pass the kvstore to :func:`bmxnet_ext.training.fit.fit`, which sums gradients over workers
+    itself; see :class:`bmxnet_ext.training.distributed.WorkerSync` for why).
 
     An optimizer name MXNet does not know, or an argument in ``recipe.optimizer_params`` the
     optimizer does not take or refuses, raises ValueError naming it.
