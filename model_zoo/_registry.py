@@ -3,6 +3,8 @@ import difflib
 import fnmatch
 import functools
 
+from mxnet.gluon import Block
+
 __all__ = ["register_model", "get_model", "list_models", "no_pretrained_weights"]
 
 _MODELS = {}
@@ -21,10 +23,11 @@ def register_model(fn):
     @functools.wraps(fn)
     def build(**kwargs):
         net = fn(**kwargs)
-        # What rebuilds this network: bmxnet_ext.export records it in the model card.
-        net.model_name = name
-        net.model_kwargs = {key: value for key, value in kwargs.items()
-                            if key != "pretrained" and value is not None}
+        if isinstance(net, Block):
+            # What rebuilds this network: bmxnet_ext.export records it in the model card.
+            net.model_name = name
+            net.model_kwargs = {key: value for key, value in kwargs.items()
+                                if key != "pretrained" and value is not None}
         return net
 
     _MODELS[name] = build
