@@ -29,7 +29,8 @@ from .layers import BinaryConvolution
 
 __all__ = ["BinaryUnit", "DenseBlock", "ImprovementBlock", "ChannelShuffle", "Transition",
            "Stem", "STEMS", "Head", "ResNetEBlock", "reduced_width", "resolve_stem",
-           "check_input_size", "THUMBNAIL_MAX_INPUT", "FLOAT_ACTIVATION"]
+           "check_input_size", "THUMBNAIL_MAX_INPUT", "FLOAT_ACTIVATION", "REDUCTION_RULES",
+           "transition_width"]
 
 # The activation that turns binary units into their full-precision twins.
 FLOAT_ACTIVATION = "relu"
@@ -53,6 +54,36 @@ def reduced_width(channels, fraction):
         raise ValueError(f"reduction {fraction!r} of {channels} channels rounds to {width} "
                          "channels; a transition needs at least 32")
     return width
+
+
+def _reduced_width_bmxnet_v2(channels, divisor):
+    # BMXNet-v2's rule: floor(channels // divisor) first, then round to 32 (Python's round).
+    if not divisor > 0:
+        raise ValueError(f"a BMXNet-v2 reduction is a positive divisor, got {divisor!r}")
+    width = int(round((channels // divisor) / 32)) * 32
+    if width < 32:
+        raise ValueError(f"reduction divisor {divisor!r} of {channels} channels rounds to "
+                         f"{width} channels; a transition needs at least 32")
+    return width
+
+
+# How a transition's ``reduction`` becomes its width.
+REDUCTION_RULES = {"fraction": reduced_width, "bmxnet_v2": _reduced_width_bmxnet_v2}
+
+
+def transition_width(channels, reduction, rule="fraction"):
+    """Width of a transition from ``channels`` by ``rule``:
+
+    ``"fraction"`` (ours, :func:`reduced_width`): ``reduction`` is the out/in fraction and the
+    width ``round(channels * reduction / 32) * 32``.
+    ``"bmxnet_v2"`` (BMXNet-v2's ``--reduction``): ``reduction`` is a divisor and the width
+    ``round((channels // reduction) / 32) * 32``; the floor comes first, so e.g. 736 channels
+    at 2.7 give 256 here and 288 with ``"fraction"`` at 1 / 2.7.
+    """
+    if rule not in REDUCTION_RULES:
+        raise ValueError(f"unknown reduction rule {rule!r}; expected one of "
+                         f"{sorted(REDUCTION_RULES)}")
+    return REDUCTION_RULES[rule](channels, reduction)
 
 
 def _convolution(channels, kernel_size, strides, padding, dilation, in_channels, activation,
