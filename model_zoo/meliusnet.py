@@ -4,8 +4,8 @@ MobileNet-level Accuracy?", arXiv:2001.05936, 2020).
 Every entry point takes ``pretrained=False`` (True loads the weights registered under the
 model's name from the local store, see :mod:`bmxnet_ext.inference.model_store`; with ``root`` for the
 store directory and ``ctx`` for the device) and the arguments of :class:`MeliusNet` other than
-the spec: ``classes``, ``stem``, ``input_size``, ``activation``, ``clip_threshold``,
-``norm_layer``, ``norm_kwargs``.
+the spec: ``classes``, ``stem``, ``input_size``, ``activation``, ``clip_threshold``, ``bits``,
+``bits_a``, ``norm_layer``, ``norm_kwargs``.
 """
 from mxnet.gluon import HybridBlock, nn
 
@@ -62,8 +62,8 @@ class MeliusNet(HybridBlock):
         to survive the downsampling. Any size that does works at run time.
     growth_rate : int
         Channels each DenseBlock adds (64).
-    activation, clip_threshold, norm_layer, norm_kwargs
-        See :mod:`bmxnet_ext.binary.blocks`.
+    activation, clip_threshold, norm_layer, norm_kwargs, bits, bits_a
+        See :mod:`bmxnet_ext.binary.blocks` (``bits_a=2`` trains with 2-bit activations).
 
     Attributes
     ----------
@@ -79,7 +79,7 @@ class MeliusNet(HybridBlock):
                  improvement_blocks=True, classes=1000, stem=None, input_size=224,
                  growth_rate=64, activation="det_sign", clip_threshold=1.3,
                  norm_layer=nn.BatchNorm, norm_kwargs=None, reduction_rule="fraction",
-                 **kwargs):
+                 bits=1, bits_a=1, **kwargs):
         super().__init__(**kwargs)
         blocks = tuple(blocks)
         if not blocks or not all(isinstance(n, int) and n > 0 for n in blocks):
@@ -93,8 +93,8 @@ class MeliusNet(HybridBlock):
         self.stem_name = resolve_stem(stem, input_size, self.default_stem)
         self.input_size = input_size
         self.blocks, self.transition_groups, self.classes = blocks, transition_groups, classes
-        unit = dict(activation=activation, clip_threshold=clip_threshold, norm_layer=norm_layer,
-                    norm_kwargs=norm_kwargs)
+        unit = dict(activation=activation, clip_threshold=clip_threshold, bits=bits, bits_a=bits_a,
+                    norm_layer=norm_layer, norm_kwargs=norm_kwargs)
         norm = dict(norm_layer=norm_layer, norm_kwargs=norm_kwargs)
         stage_channels, transitions = [], []
         with self.name_scope():

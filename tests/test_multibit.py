@@ -182,3 +182,29 @@ def test_one_bit_binary_convolution_is_unchanged_by_the_new_arguments():
     layer = BinaryConvolution(8, in_channels=4)
     assert layer.conv.pad_value == -1.0 and layer.conv.offset and not layer.multibit
     assert layer.activation.quantizer.precision == 1
+
+
+@pytest.mark.parametrize("name", ["meliusnet_flex", "binary_densenet_flex"])
+def test_a_zoo_network_trains_with_2_bit_activations(name):
+    from bmxnet_ext.model_zoo import get_model
+    from bmxnet_ext.training.recipe import get_recipe, make_trainer, prepare_network
+
+    net = get_model(name, blocks=(1, 1), reductions=(0.5,), bits_a=2, input_size=16, classes=3)
+    acts = [block for block in _blocks(net) if isinstance(block, BinaryConvolution)]
+    assert acts and all(b.activation.quantizer.precision == 2 and b.multibit for b in acts)
+    prepare_network(net, input_shape=(2, 3, 16, 16))
+    trainer = make_trainer(net, get_recipe(name), iters_per_epoch=1, epochs=1)
+    x, y = mx.nd.random.uniform(shape=(2, 3, 16, 16)), mx.nd.array([0, 2])
+    with mx.autograd.record():
+        loss = mx.gluon.loss.SoftmaxCrossEntropyLoss()(net(x), y)
+    loss.backward()
+    trainer.step(2)
+    assert np.isfinite(loss.asnumpy()).all()
+    with pytest.raises(ConversionError, match="2-bit"):
+        convert_to_xnor(net, input_shape=(1, 3, 16, 16))
+
+
+def _blocks(block):
+    yield block
+    for child in block._children.values():
+        yield from _blocks(child)

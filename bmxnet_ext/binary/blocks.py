@@ -20,6 +20,9 @@ activation : str
     ReLU -> float convolution (zero padding), everything else is unchanged.
 clip_threshold : float
     Gradient window of ``det_sign``; MeliusNet trains with 1.3.
+bits, bits_a : int
+    1 (binary, default) or 2-8: DoReFa weights / activations rounded in [0, 1] in every binary
+    convolution (BMXNet-v2's ``--bits`` / ``--bits-a``; training only, no packed form).
 """
 import numbers
 
@@ -87,12 +90,13 @@ def transition_width(channels, reduction, rule="fraction"):
 
 
 def _convolution(channels, kernel_size, strides, padding, dilation, in_channels, activation,
-                 clip_threshold):
+                 clip_threshold, bits=1, bits_a=1):
     """A BinaryConvolution, or with ``activation="relu"`` its full-precision twin ReLU -> conv."""
     if activation != FLOAT_ACTIVATION:
         return BinaryConvolution(channels, kernel_size, strides=strides, padding=padding,
                                  dilation=dilation, in_channels=in_channels,
-                                 activation=activation, clip_threshold=clip_threshold)
+                                 activation=activation, clip_threshold=clip_threshold,
+                                 bits=bits, bits_a=bits_a)
     twin = nn.HybridSequential(prefix="")
     twin.add(nn.Activation("relu"),
              nn.Conv2D(channels, kernel_size, strides=strides, padding=padding,
@@ -110,12 +114,12 @@ class BinaryUnit(HybridBlock):
 
     def __init__(self, in_channels, channels, kernel_size=3, strides=1, padding=1, dilation=1,
                  activation="det_sign", clip_threshold=1.3, norm_layer=nn.BatchNorm,
-                 norm_kwargs=None, **kwargs):
+                 norm_kwargs=None, bits=1, bits_a=1, **kwargs):
         super().__init__(**kwargs)
         with self.name_scope():
             self.norm = _norm(norm_layer, norm_kwargs, in_channels)
             self.conv = _convolution(channels, kernel_size, strides, padding, dilation,
-                                     in_channels, activation, clip_threshold)
+                                     in_channels, activation, clip_threshold, bits, bits_a)
 
     def hybrid_forward(self, F, x):
         return self.conv(self.norm(x))

@@ -183,8 +183,8 @@ def _describe(groups):
     """What distinguishes variants: stem, binary convs per stage, transitions, classes."""
     def shape(item):
         return tuple(item[1].shape)
-    stem = _STEM_SIZES.get(len(groups.get("stem", ())), f"unknown ({len(groups['stem'])} "
-                           "parameters)")
+    stem_size = len(groups.get("stem", ()))
+    stem = _STEM_SIZES.get(stem_size, f"unknown ({stem_size} parameters)")
     stages = sorted((k for k in groups if k.startswith("stage")), key=lambda k: int(k[5:]))
     convs = tuple(sum(len(shape(item)) == 4 for item in groups[k]) for k in stages)
     transitions = []
