@@ -63,13 +63,17 @@ def binary_densenet45(pretrained=False, **kwargs):
 
 
 @register_model
-def binary_densenet_flex(blocks=(2, 2, 2, 2), reductions=(1 / 2, 1 / 2, 1 / 2), pretrained=False,
-                         **kwargs):
+def binary_densenet_flex(blocks=(2, 2, 2, 2), reductions=None, reduction_rule="fraction",
+                         pretrained=False, **kwargs):
     """A BinaryDenseNet of any depth, for research and small data; no published ImageNet result.
 
-    ``blocks`` per stage and transition ``reductions`` are free; other arguments:
-    :class:`BinaryDenseNet` (Bethge et al., 2019).
+    ``blocks`` per stage and transition ``reductions`` are free. ``reduction_rule`` as for
+    :func:`model_zoo.meliusnet.meliusnet_flex`: ``"fraction"`` (default, 1/2 each) or
+    ``"bmxnet_v2"`` (divisors as BMXNet-v2's ``densenet_flex --reduction``, default 2 each).
+    Other arguments: :class:`BinaryDenseNet` (Bethge et al., 2019).
     """
     if pretrained:
         raise no_pretrained_weights("binary_densenet_flex")
-    return BinaryDenseNet(blocks, reductions, **kwargs)
+    if reductions is None:
+        reductions = (2, 2, 2) if reduction_rule == "bmxnet_v2" else (1 / 2, 1 / 2, 1 / 2)
+    return BinaryDenseNet(blocks, reductions, reduction_rule=reduction_rule, **kwargs)

@@ -4,13 +4,13 @@ MobileNet-level Accuracy?", arXiv:2001.05936, 2020).
 Every entry point takes ``pretrained=False`` (True loads the weights registered under the model's
 name from the local store, see :mod:`bmxnet_ext.inference.model_store`; with ``root`` for the store
 directory and ``ctx`` for the device) and the arguments of :class:`MeliusNet` other than the spec:
-``classes``, ``stem``, ``input_size``, ``activation``, ``clip_threshold``, ``norm_layer``,
-``norm_kwargs``.
+``classes``, ``stem``, ``input_size``, ``activation``, ``clip_threshold``, ``bits``, ``bits_a``,
+``norm_layer``, ``norm_kwargs``.
 """
 from mxnet.gluon import HybridBlock, nn
 
 from bmxnet_ext.binary.blocks import (DenseBlock, Head, ImprovementBlock, Stem, Transition,
-                               check_input_size, reduced_width, resolve_stem)
+                               check_input_size, resolve_stem, transition_width)
 from bmxnet_ext.inference.model_store import load_pretrained
 
 from ._registry import no_pretrained_weights, register_model
@@ -42,8 +42,12 @@ class MeliusNet(HybridBlock):
     transition_widths : sequence of int, optional
         Output width of each of the ``len(blocks) - 1`` transitions.
     reductions : sequence of float, optional
-        Instead of ``transition_widths``: out/in fraction of each transition, rounded to a
-        multiple of 32 by :func:`bmxnet_ext.binary.blocks.reduced_width`.
+        Instead of ``transition_widths``: the reduction of each transition, turned into a
+        multiple of 32 by ``reduction_rule``.
+    reduction_rule : str
+        ``"fraction"`` (default): reductions are out/in fractions, width ``round(c * f / 32) *
+        32``; ``"bmxnet_v2"``: reductions are divisors as BMXNet-v2's ``--reduction``, width
+        ``round((c // d) / 32) * 32`` (see :func:`bmxnet_ext.binary.blocks.transition_width`).
     transition_groups : int
         Groups of the transitions' 1x1 convolutions; > 1 adds a 16-group channel shuffle.
     improvement_blocks : bool
@@ -59,8 +63,8 @@ class MeliusNet(HybridBlock):
         to survive the downsampling. Any size that does works at run time.
     growth_rate : int
         Channels each DenseBlock adds (64).
-    activation, clip_threshold, norm_layer, norm_kwargs
-        See :mod:`bmxnet_ext.binary.blocks`.
+    activation, clip_threshold, norm_layer, norm_kwargs, bits, bits_a
+        See :mod:`bmxnet_ext.binary.blocks` (``bits_a=2`` trains with 2-bit activations).
 
     Attributes
     ----------
@@ -75,7 +79,8 @@ class MeliusNet(HybridBlock):
     def __init__(self, blocks, transition_widths=None, reductions=None, transition_groups=1,
                  improvement_blocks=True, classes=1000, stem=None, input_size=224,
                  growth_rate=64, activation="det_sign", clip_threshold=1.3,
-                 norm_layer=nn.BatchNorm, norm_kwargs=None, **kwargs):
+                 norm_layer=nn.BatchNorm, norm_kwargs=None, reduction_rule="fraction",
+                 bits=1, bits_a=1, **kwargs):
         super().__init__(**kwargs)
         blocks = tuple(blocks)
         if not blocks or not all(isinstance(n, int) and n > 0 for n in blocks):
@@ -89,8 +94,8 @@ class MeliusNet(HybridBlock):
         self.stem_name = resolve_stem(stem, input_size, self.default_stem)
         self.input_size = input_size
         self.blocks, self.transition_groups, self.classes = blocks, transition_groups, classes
-        unit = dict(activation=activation, clip_threshold=clip_threshold, norm_layer=norm_layer,
-                    norm_kwargs=norm_kwargs)
+        unit = dict(activation=activation, clip_threshold=clip_threshold, bits=bits, bits_a=bits_a,
+                    norm_layer=norm_layer, norm_kwargs=norm_kwargs)
         norm = dict(norm_layer=norm_layer, norm_kwargs=norm_kwargs)
         stage_channels, transitions = [], []
         with self.name_scope():
@@ -113,7 +118,7 @@ class MeliusNet(HybridBlock):
                     break
                 width = transition_spec[i]
                 if transition_widths is None:
-                    width = reduced_width(channels, width)
+                    width = transition_width(channels, width, reduction_rule)
                 self.features.add(Transition(channels, width, groups=transition_groups,
                                              prefix=f"transition{i + 1}_", **norm))
                 transitions.append((channels, width))
@@ -183,15 +188,20 @@ def meliusnet_c(pretrained=False, **kwargs):
 
 
 @register_model
-def meliusnet_flex(blocks=(2, 2, 2, 2), reductions=(1 / 2, 1 / 2, 1 / 2), transition_groups=1,
-                   pretrained=False, **kwargs):
+def meliusnet_flex(blocks=(2, 2, 2, 2), reductions=None, transition_groups=1,
+                   reduction_rule="fraction", pretrained=False, **kwargs):
     """A MeliusNet of any depth, for research and small data; no published ImageNet result.
 
-    ``blocks`` per stage and transition ``reductions`` (out/in fractions, rounded to multiples
-    of 32) are free; the defaults make a small network. Other arguments: :class:`MeliusNet`
-    (Bethge et al., 2020).
+    ``blocks`` per stage and transition ``reductions`` are free; the defaults make a small
+    network. ``reduction_rule="fraction"`` (default) reads reductions as out/in fractions
+    (default 1/2 each); ``"bmxnet_v2"`` as BMXNet-v2's ``--reduction`` divisors (default 2
+    each), with its widths ``round((c // d) / 32) * 32``, so that a BMXNet-v2 flex run (e.g.
+    ``--block-config 6,12,24,12 --reduction 2.5,3,3.5``) is rebuilt exactly. Other arguments:
+    :class:`MeliusNet` (Bethge et al., 2020).
     """
     if pretrained:
         raise no_pretrained_weights("meliusnet_flex")
+    if reductions is None:
+        reductions = (2, 2, 2) if reduction_rule == "bmxnet_v2" else (1 / 2, 1 / 2, 1 / 2)
     return MeliusNet(blocks, reductions=reductions, transition_groups=transition_groups,
-                     **kwargs)
+                     reduction_rule=reduction_rule, **kwargs)

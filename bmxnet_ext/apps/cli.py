@@ -6,6 +6,7 @@ Subcommands:
   convert   convert a zoo network or an exported training graph to the packed xnor form
   predict   top-k classes of images with an exported (packed or float) network
   list      names of the zoo models (optionally matching a pattern)
+  import-bmxnet-v2  load a BMXNet-v2 MeliusNet/BinaryDenseNet checkpoint, export or register it
 
 Errors a user can cause (an unknown model name, a bad argument, a missing or damaged file, an
 input too large for memory) end with a one-line message and exit status 2, not a traceback.
@@ -149,6 +150,24 @@ def _cmd_list(args):
     return 0
 
 
+def _cmd_import_bmxnet_v2(args):
+    from ..inference.deploy import export
+    from ..model_zoo.bmxnet_v2 import import_bmxnet_v2
+
+    register = (args.name if args.register is True else args.register) or None
+    net = import_bmxnet_v2(args.name, args.params, stem=args.stem, classes=args.classes,
+                           register=register)
+    print(f"loaded {args.params} into {args.name} (stem {net.stem_name}, {net.classes} classes)")
+    if register:
+        print(f"registered as {register!r}: get_model({register!r}, pretrained=True"
+              + "".join(f", {k}={v!r}" for k, v in net.model_kwargs.items()) + ")")
+    if args.out:
+        files = export(net, args.out, packed=False, trained=True,
+                       source_checkpoint=os.path.abspath(args.params))
+        print(f"wrote {files.symbol}, {files.params} and {files.card_file}; pack it with "
+              f"bmxnet-ext convert {files.prefix}")
+
+
 def _positive_int(text):
     """argparse type: an integer >= 1."""
     try:
@@ -247,6 +266,26 @@ def _parser():
     lst.add_argument("pattern", metavar="PATTERN", nargs="?", default=None,
                      help="shell-style pattern, e.g. 'meliusnet*' (default: all)")
     lst.set_defaults(func=_cmd_list)
+
+    v2 = sub.add_parser(
+        "import-bmxnet-v2", help="import a BMXNet-v2 MeliusNet/BinaryDenseNet checkpoint",
+        description="Loads a .params file saved by BMXNet-v2's Gluon MeliusNet or "
+                    "BinaryDenseNet (save_parameters or the older save_params) into the zoo "
+                    "network NAME, checking every parameter first: a checkpoint of another "
+                    "variant, stem or class count is refused with what differs. --out writes a "
+                    "float export (PREFIX-symbol.json, PREFIX-0000.params, PREFIX-model.json; "
+                    "'bmxnet-ext convert PREFIX' packs it); --register puts the weights into the "
+                    "local model store so that get_model(NAME, pretrained=True) loads them.")
+    v2.add_argument("name", metavar="NAME", help="zoo model, e.g. meliusnet22, binary_densenet28")
+    v2.add_argument("params", metavar="FILE.params", help="the BMXNet-v2 checkpoint")
+    v2.add_argument("--stem", choices=("grouped_stem", "imagenet", "thumbnail"), default=None,
+                    help="BMXNet-v2's --initial-layers when not the model's default")
+    v2.add_argument("--classes", type=_positive_int, default=None,
+                    help="classes of the checkpoint (default: 1000)")
+    v2.add_argument("--out", metavar="PREFIX", default=None, help="write a float export here")
+    v2.add_argument("--register", metavar="STORE_NAME", nargs="?", const=True, default=None,
+                    help="register in the model store (under NAME unless STORE_NAME is given)")
+    v2.set_defaults(func=_cmd_import_bmxnet_v2)
     return parser
 
 

@@ -20,6 +20,9 @@ activation : str
     ReLU -> float convolution (zero padding), everything else is unchanged.
 clip_threshold : float
     Gradient window of ``det_sign``; MeliusNet trains with 1.3.
+bits, bits_a : int
+    1 (binary, default) or 2-8: DoReFa weights / activations rounded in [0, 1] in every binary
+    convolution (BMXNet-v2's ``--bits`` / ``--bits-a``; training only, no packed form).
 """
 import numbers
 
@@ -29,7 +32,8 @@ from .layers import BinaryConvolution
 
 __all__ = ["BinaryUnit", "DenseBlock", "ImprovementBlock", "ChannelShuffle", "Transition",
            "Stem", "STEMS", "Head", "ResNetEBlock", "reduced_width", "resolve_stem",
-           "check_input_size", "THUMBNAIL_MAX_INPUT", "FLOAT_ACTIVATION"]
+           "check_input_size", "THUMBNAIL_MAX_INPUT", "FLOAT_ACTIVATION", "REDUCTION_RULES",
+           "transition_width"]
 
 # The activation that turns binary units into their full-precision twins.
 FLOAT_ACTIVATION = "relu"
@@ -55,13 +59,44 @@ def reduced_width(channels, fraction):
     return width
 
 
+def _reduced_width_bmxnet_v2(channels, divisor):
+    # BMXNet-v2's rule: floor(channels // divisor) first, then round to 32 (Python's round).
+    if not divisor > 0:
+        raise ValueError(f"a BMXNet-v2 reduction is a positive divisor, got {divisor!r}")
+    width = int(round((channels // divisor) / 32)) * 32
+    if width < 32:
+        raise ValueError(f"reduction divisor {divisor!r} of {channels} channels rounds to "
+                         f"{width} channels; a transition needs at least 32")
+    return width
+
+
+# How a transition's ``reduction`` becomes its width.
+REDUCTION_RULES = {"fraction": reduced_width, "bmxnet_v2": _reduced_width_bmxnet_v2}
+
+
+def transition_width(channels, reduction, rule="fraction"):
+    """Width of a transition from ``channels`` by ``rule``:
+
+    ``"fraction"`` (ours, :func:`reduced_width`): ``reduction`` is the out/in fraction and the
+    width ``round(channels * reduction / 32) * 32``.
+    ``"bmxnet_v2"`` (BMXNet-v2's ``--reduction``): ``reduction`` is a divisor and the width
+    ``round((channels // reduction) / 32) * 32``; the floor comes first, so e.g. 736 channels
+    at 2.7 give 256 here and 288 with ``"fraction"`` at 1 / 2.7.
+    """
+    if rule not in REDUCTION_RULES:
+        raise ValueError(f"unknown reduction rule {rule!r}; expected one of "
+                         f"{sorted(REDUCTION_RULES)}")
+    return REDUCTION_RULES[rule](channels, reduction)
+
+
 def _convolution(channels, kernel_size, strides, padding, dilation, in_channels, activation,
-                 clip_threshold):
+                 clip_threshold, bits=1, bits_a=1):
     """A BinaryConvolution, or with ``activation="relu"`` its full-precision twin ReLU -> conv."""
     if activation != FLOAT_ACTIVATION:
         return BinaryConvolution(channels, kernel_size, strides=strides, padding=padding,
                                  dilation=dilation, in_channels=in_channels,
-                                 activation=activation, clip_threshold=clip_threshold)
+                                 activation=activation, clip_threshold=clip_threshold,
+                                 bits=bits, bits_a=bits_a)
     twin = nn.HybridSequential(prefix="")
     twin.add(nn.Activation("relu"),
              nn.Conv2D(channels, kernel_size, strides=strides, padding=padding,
@@ -79,12 +114,12 @@ class BinaryUnit(HybridBlock):
 
     def __init__(self, in_channels, channels, kernel_size=3, strides=1, padding=1, dilation=1,
                  activation="det_sign", clip_threshold=1.3, norm_layer=nn.BatchNorm,
-                 norm_kwargs=None, **kwargs):
+                 norm_kwargs=None, bits=1, bits_a=1, **kwargs):
         super().__init__(**kwargs)
         with self.name_scope():
             self.norm = _norm(norm_layer, norm_kwargs, in_channels)
             self.conv = _convolution(channels, kernel_size, strides, padding, dilation,
-                                     in_channels, activation, clip_threshold)
+                                     in_channels, activation, clip_threshold, bits, bits_a)
 
     def hybrid_forward(self, F, x):
         return self.conv(self.norm(x))

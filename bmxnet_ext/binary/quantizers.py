@@ -3,14 +3,18 @@
 The math lives in pure functions of ``F`` (``mx.nd`` or ``mx.sym``); a small HybridBlock class
 wraps each with its hyper-parameters, and :func:`get` resolves a string alias to an instance.
 
+Besides the 1-bit signs, the multi-bit quantizers BMXNet-v2 offers for training (its ``bits`` /
+``bits_a``): :class:`DoReFaWeights` (weights, 2-8 bits) and :class:`RoundActivation`
+(activations, 2-8 bits). They have no packed inference form: ``convert_to_xnor`` refuses them.
+
 Sign convention (shared with the C++ kernels): ``sign(x) = +1 if x >= 0 else -1``, so 0 and -0 give
 +1. NaN gives -1 and receives no gradient, exactly as the packed inference kernels treat it
 (bit = ``x >= 0`` is false for NaN), so training and packed graphs agree on every input.
 """
 from mxnet.gluon import HybridBlock
 
-__all__ = ["sign", "det_sign", "approx_sign", "Quantizer", "DetSign", "ApproxSign", "get",
-           "QUANTIZERS"]
+__all__ = ["sign", "det_sign", "approx_sign", "round_activation", "dorefa_weights", "Quantizer",
+           "DetSign", "ApproxSign", "RoundActivation", "DoReFaWeights", "get", "QUANTIZERS"]
 
 
 def sign(F, x):
@@ -51,6 +55,37 @@ def approx_sign(F, x):
     """
     c = F.clip(_finite_or_zero(F, x), -1.0, 1.0)
     return _with_surrogate_gradient(F, sign(F, x), 2 * c - c * F.abs(c))
+
+
+def _quantize_unit(F, u, bits):
+    # u in [0, 1] -> nearest of the 2**bits levels k / (2**bits - 1), ties away from 0 (F.round).
+    levels = 2 ** bits - 1
+    return F.round(u * levels) / levels
+
+
+def round_activation(F, x, bits):
+    """``round(clip(x, 0, 1) * (2**bits - 1)) / (2**bits - 1)``: ``2**bits`` levels in [0, 1].
+
+    Backward: straight-through inside ``0 <= x <= 1``, 0 outside (DoReFa-Net's activation
+    quantizer, BMXNet-v2's ``bits_a > 1``). NaN maps to 0 with no gradient.
+    """
+    clipped = F.clip(_finite_or_zero(F, x), 0.0, 1.0)
+    return _with_surrogate_gradient(F, _quantize_unit(F, clipped, bits), clipped)
+
+
+def dorefa_weights(F, w, bits):
+    """DoReFa-Net's weight quantizer: ``2 * q(u) - 1`` with ``u = tanh(w) / (2 max|tanh w|) +
+    0.5`` and ``q`` the rounding of :func:`round_activation`, so values lie in [-1, 1] on
+    ``2**bits`` levels.
+
+    Backward: straight-through over the rounding, ``d/dw (2u - 1) = (1 - tanh(w)**2) / M`` with
+    ``M = max|tanh w|`` over the whole tensor, treated as a constant (no gradient flows through
+    the maximum; it is floored at 1e-12 so an all-zero tensor does not divide by zero).
+    """
+    t = F.tanh(_finite_or_zero(F, w))
+    scale = F.BlockGrad(F.maximum(F.max(F.abs(t)), 1e-12))
+    u = F.broadcast_div(t, 2 * scale) + 0.5
+    return _with_surrogate_gradient(F, 2 * _quantize_unit(F, u, bits) - 1, 2 * u - 1)
 
 
 class Quantizer(HybridBlock):
@@ -100,19 +135,72 @@ class ApproxSign(Quantizer):
         return f"{type(self).__name__}()"
 
 
-QUANTIZERS = {"det_sign": DetSign, "approx_sign": ApproxSign}
+def _check_bits(bits, name):
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+        raise ValueError(f"{name} must be an integer from 2 to 8 (1 bit is det_sign / "
+                         f"approx_sign), got {bits!r}")
+    return bits
 
 
-def get(identifier, clip_threshold=1.0):
+class RoundActivation(Quantizer):
+    """Activations on ``2**bits`` levels in [0, 1], straight-through inside [0, 1]
+    (:func:`round_activation`; DoReFa-Net, Zhou et al. 2016; BMXNet-v2's ``bits_a``).
+
+    Parameters
+    ----------
+    bits : int
+        2 to 8.
+    """
+
+    def __init__(self, bits, **kwargs):
+        super().__init__(**kwargs)
+        self.precision = _check_bits(bits, "bits")
+
+    def hybrid_forward(self, F, x):
+        return round_activation(F, x, self.precision)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(bits={self.precision})"
+
+
+class DoReFaWeights(Quantizer):
+    """Weights on ``2**bits`` levels in [-1, 1] (:func:`dorefa_weights`; DoReFa-Net, Zhou et al.
+    2016; BMXNet-v2's ``bits``).
+
+    Parameters
+    ----------
+    bits : int
+        2 to 8.
+    """
+
+    def __init__(self, bits, **kwargs):
+        super().__init__(**kwargs)
+        self.precision = _check_bits(bits, "bits")
+
+    def hybrid_forward(self, F, w):
+        return dorefa_weights(F, w, self.precision)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(bits={self.precision})"
+
+
+QUANTIZERS = {"det_sign": DetSign, "approx_sign": ApproxSign, "round": RoundActivation,
+              "dorefa": DoReFaWeights}
+
+
+def get(identifier, clip_threshold=1.0, bits=None):
     """Resolves a quantizer.
 
     Parameters
     ----------
     identifier : str, Quantizer or None
-        A name in :data:`QUANTIZERS` (``"det_sign"``, ``"approx_sign"``), a :class:`Quantizer`
-        instance (returned as is) or ``None`` (no quantization; returns ``None``).
+        A name in :data:`QUANTIZERS` (``"det_sign"``, ``"approx_sign"``, ``"round"``,
+        ``"dorefa"``), a :class:`Quantizer` instance (returned as is) or ``None`` (no
+        quantization; returns ``None``).
     clip_threshold : float or None
         Passed to ``det_sign``; ``approx_sign`` has its fixed window ``|x| <= 1`` and ignores it.
+    bits : int, optional
+        Required by the multi-bit ``"round"`` (activations) and ``"dorefa"`` (weights): 2 to 8.
     """
     if identifier is None or isinstance(identifier, Quantizer):
         return identifier
@@ -122,6 +210,10 @@ def get(identifier, clip_threshold=1.0):
                              f"{sorted(QUANTIZERS)} or None")
         if identifier == "det_sign":
             return DetSign(clip_threshold=clip_threshold)
+        if identifier in ("round", "dorefa"):
+            if bits is None:
+                raise ValueError(f"quantizer {identifier!r} needs bits (2 to 8)")
+            return QUANTIZERS[identifier](bits)
         return QUANTIZERS[identifier]()
     raise TypeError(f"a quantizer must be a name, a Quantizer or None, got "
                     f"{type(identifier).__name__}")

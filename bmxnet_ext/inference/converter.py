@@ -16,7 +16,8 @@ import numpy as np
 from mxnet import gluon
 from mxnet.gluon import HybridBlock
 
-from ..binary.layers import BinaryConvolution, QActivation, QConv2D, QDense
+from ..binary.layers import (BinaryConvolution, QActivation, QConv2D, QDense,
+                             ScaledBinaryConvolution)
 from ..utils.blocktree import iter_blocks, replace_child
 from . import ops
 from .fusion import fuse_binary_units
@@ -30,6 +31,28 @@ __all__ = ["ConversionError", "convert_to_xnor", "load_xnor"]
 
 class ConversionError(ValueError):
     """A network (or one of its layers) cannot be converted to an exactly equal packed form."""
+
+
+def _check_one_bit(net):
+    """Refuses what the 1-bit packed kernels cannot compute: multi-bit quantizers, XNOR-Net's
+    input scaling and zero padding."""
+    for block in iter_blocks(net):
+        if isinstance(block, ScaledBinaryConvolution):
+            raise ConversionError(
+                f"{block.name}: ScaledBinaryConvolution (XNOR-Net input scaling) has no packed "
+                "form; packed inference is 1-bit xnor-popcount without input scaling")
+        quantizer = getattr(block, "quantizer", None) if isinstance(block, QActivation) else None
+        bits = max([getattr(q, "precision", 1) for q in (
+            quantizer, getattr(block, "input_quantizer", None),
+            getattr(block, "weight_quantizer", None)) if q is not None] or [1])
+        if bits > 1:
+            raise ConversionError(
+                f"{block.name}: a {bits}-bit quantizer ({type(block).__name__}) has no packed "
+                "form; packed inference is 1-bit only. Train with bits=1 and bits_a=1 to "
+                "convert, or deploy this network as a float export (packed=False)")
+        if isinstance(block, QConv2D) and block.binary and block.pad_value == 0:
+            raise ConversionError(f"{block.name}: zero padding has no exact packed form "
+                                  "(pad_value must be -1 or +1)")
 
 
 def _packed_replacement(block):
@@ -157,6 +180,7 @@ def convert_to_xnor(net, input_shape=None, verify=True, seed=0, fuse=False):
     ops.require()
     shape = _probe_shape(net, input_shape) if verify else None
     _check_initialized(net)
+    _check_one_bit(net)
     if _packed_replacement(net) is not None:
         raise ConversionError("convert_to_xnor takes a network; convert its parent instead of "
                               "a single binary unit")
