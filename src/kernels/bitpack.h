@@ -6,8 +6,8 @@
 // i.e. -1, the same as the training-side quantizers). Bits past C in the last word are always 0.
 //
 // The rule itself (bit = x >= 0, or through BatchNorm-folded thresholds) is implemented once, in
-// the per-instruction-set pack_span of conv_isa_impl.h (IsaKernels::pack_span); pack_nchw below, the
-// binary convolution's planar packing and the binary dense layer's packing all call it.
+// the per-instruction-set pack_span of conv_isa_impl.h (IsaKernels::pack_span); pack_nchw below,
+// the binary convolution's planar packing and the binary dense layer's packing all call it.
 //
 // No MXNet types here: these functions serve the MXNet ops and the Cython bindings alike.
 #ifndef BMXNET_KERNELS_BITPACK_H_

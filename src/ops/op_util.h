@@ -81,7 +81,8 @@ std::string shape_str(const std::vector<unsigned int>& shape);
 
 const char* dtype_name(int dtype);
 
-// The output convention of a binary layer's scaling and offset attributes (kernels/xnor_popcount.h).
+// The output convention (kernels/xnor_popcount.h) of a binary layer's scaling and offset
+// attributes.
 inline bmx::OutputMode output_mode(bool scaling, bool offset) {
   return scaling ? bmx::OutputMode::kScaledDot
                  : offset ? bmx::OutputMode::kAgreements : bmx::OutputMode::kDot;
