@@ -5,7 +5,6 @@ MXNet 1.9.1 installation. We look for it, in order, at ``$MXNET_ROOT`` and at th
 visible to this build (pip's isolated build environment installs the CPU wheel for this; with
 ``--no-build-isolation`` it is the MXNet of the target environment, e.g. an ``mxnet-cuXXX`` wheel).
 """
-import glob
 import importlib.util
 import os
 import shutil
@@ -17,8 +16,8 @@ from setuptools.command.build_ext import build_ext
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OPS_LIBRARY = "libbmxnet_ops.so"
-# The Cython bindings compile the same kernel sources as the op library.
-KERNEL_SOURCES = sorted(glob.glob("src/kernels/*.cc"))
+# The kernels as CMake builds them (one set of flags) for the op library and the Cython bindings.
+KERNELS_LIBRARY = "libbmxnet_kernels.a"
 
 
 class BuildError(RuntimeError):
@@ -59,21 +58,35 @@ class CMakeExtension(Extension):
 
 
 class BuildExt(build_ext):
+    """CMake first (the op library and the kernels' static library), then the Cython bindings
+    linked with that static library."""
+
     def get_ext_filename(self, fullname):
         if fullname == "bmxnet_ext.inference." + OPS_LIBRARY[:-3]:
             return os.path.join("bmxnet_ext", "inference", OPS_LIBRARY)
         return super().get_ext_filename(fullname)
 
-    def build_extension(self, ext):
+    def run(self):
+        ops = [ext for ext in self.extensions if isinstance(ext, CMakeExtension)]
         try:
-            if isinstance(ext, CMakeExtension):
-                self._build_cmake(ext)
-            else:
-                super().build_extension(ext)
+            build_dir = self._build_cmake(ops[0])
         except BuildError as err:
             sys.exit(f"error: {err}")
+        for ext in self.extensions:
+            if not isinstance(ext, CMakeExtension):
+                ext.extra_objects = [os.path.join(build_dir, KERNELS_LIBRARY)]
+                ext.depends = ext.depends + ext.extra_objects  # relink when the kernels change
+                # The kernels run on OpenMP threads (and, in the sanitizer build, are instrumented).
+                ext.extra_link_args = ["-fopenmp"] + (
+                    ["-fsanitize=address,undefined"] if os.environ.get("BMXNET_SANITIZE") else [])
+        super().run()
+
+    def build_extension(self, ext):
+        if not isinstance(ext, CMakeExtension):  # the op library was built by run()
+            super().build_extension(ext)
 
     def _build_cmake(self, ext):
+        """Builds the op library into its place in the package; returns the CMake build folder."""
         cmake = _cmake()
         build_dir = os.path.abspath(os.path.join(self.build_temp, "cmake"))
         os.makedirs(build_dir, exist_ok=True)
@@ -93,12 +106,13 @@ class BuildExt(build_ext):
             sys.exit(f"error: building {OPS_LIBRARY} failed ({' '.join(err.cmd[:2])} exited "
                      f"{err.returncode}). It needs a C++17 compiler (g++ >= 7 or clang >= 6) and "
                      "make; the CMake output above names what was missing.")
+        return build_dir
 
 
 def _extensions():
     kernels = Extension(
         "bmxnet_ext.inference._kernels",
-        sources=["bmxnet_ext/inference/_kernels.pyx"] + KERNEL_SOURCES,
+        sources=["bmxnet_ext/inference/_kernels.pyx"],  # + the kernels' static library (run())
         include_dirs=["src"],
         language="c++",
         extra_compile_args=["-O3", "-std=c++17"],

@@ -1,7 +1,7 @@
 """The sanitizer job (tools/sanitize.py): the op tests against an AddressSanitizer + UBSan build
 of the op library pass with no sanitizer report. Part of the default suite (a sanitized build plus
-170 op tests: 1.8 minutes on 2 idle cores); alone: ``pytest tests/test_sanitizer.py`` or,
-directly, ``python tools/sanitize.py``.
+the op tests of tools/sanitize.py's TESTS, the stateful ops' state reuse included); alone:
+``pytest tests/test_sanitizer.py`` or, directly, ``python tools/sanitize.py``.
 """
 import os
 import shutil

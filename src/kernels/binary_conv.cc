@@ -1,6 +1,7 @@
 #include "kernels/binary_conv.h"
 
 #include <algorithm>
+#include <array>
 #include <vector>
 
 #ifdef _OPENMP
@@ -8,6 +9,7 @@
 #endif
 
 #include "kernels/conv_isa.h"
+#include "kernels/parallel.h"
 
 namespace bmx {
 namespace {
@@ -19,21 +21,17 @@ constexpr double kMinWorkPerThread = 2e6;
 // Tiles keep their counts on the stack.
 constexpr int kMaxTileChannels = 8;
 
-// A per-thread buffer of at least `words` words, kept for the thread's next call: packing then
-// allocates nothing in steady state (OpenMP and MXNet engine threads live as long as the process),
-// and nothing sized by the batch ever.
-uint32_t* thread_words(int64_t words) {
-  static thread_local std::vector<uint32_t> buffer;
-  if (buffer.size() < static_cast<size_t>(words)) buffer.resize(words);
-  return buffer.data();
-}
+}  // namespace
 
-// Offset of weight word k = (ky * kernel_w + kx) * group_words + jj from a lane's position in
-// its group's first plane (conv_isa.h).
-std::vector<int64_t> word_offsets(const ConvParams& p) {
+const int64_t* ConvCache::offsets(const ConvParams& p) {
+  // Offset of weight word k = (ky * kernel_w + kx) * group_words + jj from a lane's position in
+  // its group's first plane (conv_isa.h).
+  const std::array<int64_t, 9> key = {p.kernel_h, p.kernel_w, p.dilate_h,  p.dilate_w,
+                                    p.stride_h, p.stride_w, p.plane_h(), p.plane_w(),
+                                    p.group_words()};
+  if (key == offsets_key_) return offsets_.data();
   const int64_t phases = p.stride_h * p.stride_w;
-  std::vector<int64_t> offsets;
-  offsets.reserve(p.kernel_h * p.kernel_w * p.group_words());
+  offsets_.clear();
   for (int64_t ky = 0; ky < p.kernel_h; ++ky) {
     const int64_t dy = ky * p.dilate_h;
     for (int64_t kx = 0; kx < p.kernel_w; ++kx) {
@@ -41,14 +39,26 @@ std::vector<int64_t> word_offsets(const ConvParams& p) {
       const int64_t phase = (dy % p.stride_h) * p.stride_w + dx % p.stride_w;
       const int64_t shift = (dy / p.stride_h) * p.plane_w() + dx / p.stride_w;
       for (int64_t jj = 0; jj < p.group_words(); ++jj) {
-        offsets.push_back((jj * phases + phase) * p.plane_words() + shift);
+        offsets_.push_back((jj * phases + phase) * p.plane_words() + shift);
       }
     }
   }
-  return offsets;
+  offsets_key_ = key;
+  return offsets_.data();
 }
 
-}  // namespace
+const uint32_t* ConvCache::weights(const IsaKernels& isa, const uint32_t* weights,
+                                   int64_t count) {
+  if (isa.prepare_weights == nullptr) return weights;
+  if (prepared_isa_ != &isa || prepared_from_ != weights ||
+      prepared_.size() != static_cast<size_t>(count * isa.weight_expansion)) {
+    prepared_.resize(count * isa.weight_expansion);
+    isa.prepare_weights(weights, count, prepared_.data());
+    prepared_isa_ = &isa;
+    prepared_from_ = weights;
+  }
+  return prepared_.data();
+}
 
 int threads_for_floats(double floats, int64_t items) { return threads_for(32 * floats, items); }
 
@@ -74,8 +84,7 @@ void run_tiles(const IsaKernels& isa, const TileJob& job, int threads) {
   const int64_t out_h = p.out_h(), out_w = p.out_w(), plane_w = p.plane_w();
   // Consecutive items share their activations (channel blocks vary fastest), so a static split
   // keeps each thread's activations in its own cache.
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t item = 0; item < items; ++item) {
+  parallel_for(threads, items, [&](int64_t item, int) {
     const int64_t block = item % blocks;
     const int64_t tile = (item / blocks) % tiles;
     const int64_t g = (item / blocks / tiles) % p.groups;
@@ -108,7 +117,7 @@ void run_tiles(const IsaKernels& isa, const TileJob& job, int threads) {
     out.scale = job.scale == nullptr ? nullptr : job.scale + first;
     out.accumulate = job.accumulate;
     isa.finish(out);
-  }
+  });
 }
 
 void pack_conv_weights(const float* w, int64_t out_channels, int64_t group_in_channels,
@@ -118,9 +127,15 @@ void pack_conv_weights(const float* w, int64_t out_channels, int64_t group_in_ch
 }
 
 void binary_conv2d(const ConvInput& in, const uint32_t* weights, const ConvParams& p,
-                   const ConvOutput& out, uint32_t* scratch) {
+                   const ConvOutput& out, const ConvWorkspace& work) {
   const IsaKernels& isa = active_kernels();
   static_assert(kMaxTileChannels >= 6, "tiles hold up to 6 channels");
+  ConvCache call_cache;
+  ThreadBuffers<uint32_t> call_buffers;
+  ConvCache& cache = work.cache != nullptr ? *work.cache : call_cache;
+  ThreadBuffers<uint32_t>& buffers =
+      work.thread_buffers != nullptr ? *work.thread_buffers : call_buffers;
+  uint32_t* const scratch = work.packed;
   const int64_t words = p.groups * p.group_words();
   const int64_t image_words = p.image_words();
 
@@ -132,46 +147,32 @@ void binary_conv2d(const ConvInput& in, const uint32_t* weights, const ConvParam
   const int64_t bands =
       std::min<int64_t>(p.in_h, (4 * pack_threads + p.batch * words - 1) / (p.batch * words));
   const int64_t band_rows = (p.in_h + bands - 1) / bands;
-  const int64_t pack_items = p.batch * words * bands;
-#pragma omp parallel num_threads(pack_threads) if (pack_threads > 1)
-  {
-    uint32_t* const pixels = thread_words(band_rows * p.in_w);
-#pragma omp for schedule(static)
-    for (int64_t item = 0; item < pack_items; ++item) {
-      const int64_t band = item % bands, j = (item / bands) % words, b = item / bands / words;
-      PackArgs args;
-      args.x = in.data + b * in.batch_stride;
-      args.channel_stride = p.in_h * p.in_w;
-      args.thr_sign = in.thr_sign;
-      args.thr_bias = in.thr_bias;
-      args.params = &p;
-      args.word_begin = j;
-      args.word_end = j + 1;
-      args.row_begin = band * band_rows;
-      args.row_end = std::min(p.in_h, args.row_begin + band_rows);
-      args.image = scratch + b * image_words;
-      args.word_scratch = pixels;
-      if (args.row_begin < args.row_end) isa.pack(args);
-    }
-  }
+  buffers.reserve(pack_threads, band_rows * p.in_w);
+  parallel_for(pack_threads, p.batch * words * bands, [&](int64_t item, int thread) {
+    const int64_t band = item % bands, j = (item / bands) % words, b = item / bands / words;
+    PackArgs args;
+    args.x = in.data + b * in.batch_stride;
+    args.channel_stride = p.in_h * p.in_w;
+    args.thr_sign = in.thr_sign;
+    args.thr_bias = in.thr_bias;
+    args.params = &p;
+    args.word_begin = j;
+    args.word_end = j + 1;
+    args.row_begin = band * band_rows;
+    args.row_end = std::min(p.in_h, args.row_begin + band_rows);
+    args.image = scratch + b * image_words;
+    args.word_scratch = buffers.get(thread);
+    if (args.row_begin < args.row_end) isa.pack(args);
+  });
   std::fill(scratch + p.batch * image_words, scratch + p.packed_input_words(), 0u);
 
-  // 2. The weights in the tile's form.
-  const int64_t weight_words = p.kernel_h * p.kernel_w * p.group_words();
-  std::vector<uint32_t> prepared;
-  if (isa.prepare_weights != nullptr) {
-    prepared.resize(p.weight_words() * isa.weight_expansion);
-    isa.prepare_weights(weights, p.weight_words(), prepared.data());
-  }
-
-  // 3. The tiles.
-  const std::vector<int64_t> offsets = word_offsets(p);
+  // 2. The tiles, on the weights in the tile's form.
   TileJob job;
   job.params = &p;
   job.packed = scratch;
-  job.weights = prepared.empty() ? weights : prepared.data();
-  job.words = weight_words;
-  job.offsets = offsets.data();
+  job.weights = cache.weights(isa, weights, p.weight_words());
+  job.words = p.kernel_h * p.kernel_w * p.group_words();
+  job.offsets = cache.offsets(p);
   job.out = out.data;
   job.out_batch_stride = out.batch_stride;
   job.out_channel_stride = p.out_h() * p.out_w();
@@ -197,7 +198,9 @@ void binary_conv2d(const float* x, const uint32_t* weights, const ConvParams& p,
   o.batch_stride = p.out_channels * p.out_h() * p.out_w();
   o.mode = mode;
   o.scale = scale;
-  binary_conv2d(in, weights, p, o, scratch);
+  ConvWorkspace work;
+  work.packed = scratch;
+  binary_conv2d(in, weights, p, o, work);
 }
 
 }  // namespace bmx

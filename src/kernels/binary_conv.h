@@ -21,12 +21,17 @@
 #ifndef BMXNET_KERNELS_BINARY_CONV_H_
 #define BMXNET_KERNELS_BINARY_CONV_H_
 
+#include <array>
 #include <cstdint>
+#include <vector>
 
 #include "kernels/bitpack.h"
+#include "kernels/parallel.h"
 #include "kernels/xnor_popcount.h"
 
 namespace bmx {
+
+struct IsaKernels;
 
 // Lanes of the widest tile: the planar buffer ends with this many words of slack so that a
 // tile's last lanes may read past the last plane.
@@ -97,9 +102,40 @@ struct ConvOutput {
   bool accumulate = false;
 };
 
-// The convolution. scratch: p.packed_input_words() words.
+// What binary_conv2d (and binary_dense) derive from the geometry and from the weights, kept by a
+// caller that runs the same layer again (an operator's state), so that a steady-state call
+// prepares and allocates nothing: the word offsets of the tiles (rebuilt when the geometry
+// changes) and the weights in the tile's prepared form (rebuilt when the instruction set or the
+// weights' address changes). The cache cannot see the weights' contents change in place: its
+// owner must call forget_weights() when they may have. One call at a time.
+class ConvCache {
+ public:
+  void forget_weights() { prepared_from_ = nullptr; }
+
+  // The offsets of TileArgs for p (conv_isa.h).
+  const int64_t* offsets(const ConvParams& p);
+  // `weights` (count words) as isa's tiles read them: themselves, or prepared once.
+  const uint32_t* weights(const IsaKernels& isa, const uint32_t* weights, int64_t count);
+
+ private:
+  std::vector<int64_t> offsets_;
+  std::array<int64_t, 9> offsets_key_{};  // the geometry offsets_ were computed for
+  std::vector<uint32_t> prepared_;
+  const IsaKernels* prepared_isa_ = nullptr;
+  const uint32_t* prepared_from_ = nullptr;
+};
+
+// The memory a binary convolution works in. packed is required; cache and thread_buffers may be
+// null, and are then allocated for the call.
+struct ConvWorkspace {
+  uint32_t* packed = nullptr;                        // p.packed_input_words() words
+  ConvCache* cache = nullptr;
+  ThreadBuffers<uint32_t>* thread_buffers = nullptr;  // packing scratch of each thread
+};
+
+// The convolution.
 void binary_conv2d(const ConvInput& in, const uint32_t* weights, const ConvParams& p,
-                   const ConvOutput& out, uint32_t* scratch);
+                   const ConvOutput& out, const ConvWorkspace& work);
 
 // The plain form: x float [batch][in_channels][in_h][in_w]; weights packed as above; scale float
 // [out_channels] (read only for kScaledDot); scratch: p.packed_input_words() words; out: float

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 
+#include "kernels/binary_conv.h"
 #include "kernels/bitpack.h"
 #include "kernels/xnor_popcount.h"
 
@@ -27,10 +28,11 @@ void pack_dense_weights(const float* w, int64_t units, int64_t in_units, uint32_
 int64_t dense_scratch_words(int64_t batch, int64_t in_units);
 
 // x: float [batch][in_units]; weights: packed layout above; scale: float [units] (read only for
-// kScaledDot); scratch: dense_scratch_words(batch, in_units) words; out: float [batch][units].
+// kScaledDot); scratch: dense_scratch_words(batch, in_units) words; out: float [batch][units];
+// cache: kept by a caller that runs the layer again (binary_conv.h), or null.
 void binary_dense(const float* x, const uint32_t* weights, int64_t batch, int64_t in_units,
                   int64_t units, OutputMode mode, const float* scale, uint32_t* scratch,
-                  float* out);
+                  float* out, ConvCache* cache = nullptr);
 
 }  // namespace bmx
 

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "kernels/conv_isa.h"
+#include "kernels/parallel.h"
 
 namespace bmx {
 
@@ -35,19 +36,22 @@ int64_t stage_scratch_words(const StageParams& s, int64_t max_channels) {
 }
 
 void binary_stage(const float* x, const StageParams& s, const std::vector<StageUnit>& units,
-                  uint32_t* scratch, float* out) {
+                  uint32_t* scratch, float* out, StageCache* cache) {
+  StageCache call_cache;
+  if (cache == nullptr) cache = &call_cache;
+  if (cache->units.size() < units.size()) cache->units.resize(units.size());
   int64_t out_channels = s.in_channels;
   for (const StageUnit& u : units) out_channels += u.improvement ? 0 : s.growth;
   const int64_t plane = s.height * s.width;
   const int64_t copies = s.batch * s.in_channels;
   const int threads = threads_for_floats(static_cast<double>(copies) * plane, copies);
-#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
-  for (int64_t i = 0; i < copies; ++i) {
+  parallel_for(threads, copies, [&](int64_t i, int) {
     const int64_t b = i / s.in_channels, c = i % s.in_channels;
     std::memcpy(out + (b * out_channels + c) * plane, x + i * plane, sizeof(float) * plane);
-  }
+  });
   int64_t channels = s.in_channels;
-  for (const StageUnit& u : units) {
+  for (size_t i = 0; i < units.size(); ++i) {
+    const StageUnit& u = units[i];
     const ConvParams p = s.unit_conv(channels);
     ConvInput in;
     in.data = out;
@@ -61,7 +65,11 @@ void binary_stage(const float* x, const StageParams& s, const std::vector<StageU
     // add into channels it reads.
     o.data = out + (u.improvement ? channels - s.growth : channels) * plane;
     o.accumulate = u.improvement;
-    binary_conv2d(in, u.weights, p, o, scratch);
+    ConvWorkspace work;
+    work.packed = scratch;
+    work.cache = &cache->units[i];
+    work.thread_buffers = &cache->thread_buffers;
+    binary_conv2d(in, u.weights, p, o, work);
     channels += u.improvement ? 0 : s.growth;
   }
 }

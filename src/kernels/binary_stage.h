@@ -41,10 +41,19 @@ struct StageParams {
 // Words of scratch binary_stage needs for units whose widest input has max_channels channels.
 int64_t stage_scratch_words(const StageParams& s, int64_t max_channels);
 
+// What binary_stage keeps between calls for a caller that runs the same stage again: each
+// unit's ConvCache (binary_conv.h; its owner calls forget_weights() on the unit whose weights may
+// have changed) and the packing buffers the units share.
+struct StageCache {
+  std::vector<ConvCache> units;
+  ThreadBuffers<uint32_t> thread_buffers;
+};
+
 // x: float [batch][in_channels][height][width]; out: float [batch][out_channels][height][width]
-// with out_channels = in_channels + growth * (number of dense units), fully overwritten.
+// with out_channels = in_channels + growth * (number of dense units), fully overwritten; cache:
+// kept by the caller between calls, or null.
 void binary_stage(const float* x, const StageParams& s, const std::vector<StageUnit>& units,
-                  uint32_t* scratch, float* out);
+                  uint32_t* scratch, float* out, StageCache* cache = nullptr);
 
 }  // namespace bmx
 

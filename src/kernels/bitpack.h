@@ -5,11 +5,9 @@
 // c % 32 (LSB first). A bit is 1 iff x >= 0, i.e. sign(x) = +1 (0 and -0 give +1; NaN gives 0,
 // i.e. -1, the same as the training-side quantizers). Bits past C in the last word are always 0.
 //
-// Grouped form (for grouped convolutions): the C channels split into `groups` groups of
-// C / groups channels, and each group is packed on its own into words_for_channels(C / groups)
-// words, so a group never shares a word with the next one:
-//   [N][H][W][groups][words_for_channels(C / groups)], tails of every group masked.
-// With groups == 1 this is the plain layout above.
+// The rule itself (bit = x >= 0, or through BatchNorm-folded thresholds) is implemented once, in
+// the per-instruction-set pack_span of conv_isa_impl.h (IsaKernels::pack_span); pack_nchw below,
+// the binary convolution's planar packing and the binary dense layer's packing all call it.
 //
 // No MXNet types here: these functions serve the MXNet ops and the Cython bindings alike.
 #ifndef BMXNET_KERNELS_BITPACK_H_
@@ -32,13 +30,6 @@ inline uint32_t low_bits_mask(int64_t bits) {
 
 // x: [n][c][h][w] floats; out: [n][h][w][words_for_channels(c)] words, fully overwritten.
 void pack_nchw(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, uint32_t* out);
-
-// Packs x: [n][c][h][w] in the grouped layout into a spatially padded buffer
-//   out: [n][h + 2 * pad_h][w + 2 * pad_w][groups][words_for_channels(c / groups)],
-// fully overwritten. Padding pixels hold -1 in every channel (all bits 0) or, with pad_ones,
-// +1 (the valid bits of every group set; tails stay 0). Requires groups >= 1 dividing c.
-void pack_nchw_padded(const float* x, int64_t n, int64_t c, int64_t h, int64_t w, int64_t groups,
-                      int64_t pad_h, int64_t pad_w, bool pad_ones, uint32_t* out);
 
 // True when none of `vectors` packed vectors of `channels` bits (words_for_channels(channels)
 // words each, back to back) has a bit set past `channels`: packed weights read with the wrong

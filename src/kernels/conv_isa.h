@@ -76,6 +76,13 @@ struct IsaKernels {
   void (*prepare_weights)(const uint32_t* weights, int64_t count, uint32_t* prepared);
   void (*tile)(const TileArgs& args);
   void (*pack)(const PackArgs& args);
+  // The bit rule of bitpack.h for a span of pixels, vectorized for the set (conv_isa_impl.h):
+  // dst[i * dst_stride] = the word of `bits` (1 .. 32) channels of pixel i < count, channel b
+  // of pixel i at x[b * channel_stride + i * pixel_stride]; with sign (and bias) non-null, bit =
+  // sign[b] * x >= bias[b] instead of x >= 0. Every packer of the library calls this.
+  void (*pack_span)(const float* x, int64_t channel_stride, int64_t pixel_stride, int bits,
+                    const float* sign, const float* bias, int64_t count, uint32_t* dst,
+                    int64_t dst_stride);
   void (*finish)(const FinishArgs& args);
 };
 

@@ -137,7 +137,8 @@ void tile_any(const TileArgs& a) {
 const IsaKernels* avx2_kernels() {
   static const IsaKernels kernels{"avx2-vpshufb", avx2_isa::kLanes, avx2_isa::kChannels, 2,
                                   avx2_isa::prepare_weights, avx2_isa::tile_any,
-                                  avx2_isa::impl::pack, avx2_isa::impl::finish};
+                                  avx2_isa::impl::pack, avx2_isa::impl::pack_span,
+                                  avx2_isa::impl::finish};
   return &kernels;
 }
 

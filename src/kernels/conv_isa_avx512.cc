@@ -162,7 +162,7 @@ void finish(const FinishArgs& f) {
 const IsaKernels* avx512_kernels() {
   static const IsaKernels kernels{"avx512-vpopcntdq", avx512_isa::kLanes, avx512_isa::kChannels,
                                   1, nullptr, avx512_isa::tile_any, avx512_isa::impl::pack,
-                                  avx512_isa::finish};
+                                  avx512_isa::impl::pack_span, avx512_isa::finish};
   return &kernels;
 }
 

@@ -41,29 +41,48 @@ inline void pack16(const float* x, int64_t channel_stride, int bits, const float
 }
 #endif
 
-// dst[i] = the bits of `bits` channels at pixel i < count, channel b of pixel i at
-// x[b * channel_stride + i]: bit = x >= 0, or sign[b] * x >= bias[b] with thresholds (exact:
-// sign is +1, -1 or 0; NaN compares false, i.e. -1). Vectors of 16 pixels; the last one overlaps
-// the one before instead of falling back to scalar code.
+// The bit rule of bitpack.h, written once: dst[i * dst_stride] = the word of `bits` channels at
+// pixel i < count, channel b of pixel i at x[b * channel_stride + i * pixel_stride]: bit = x >= 0,
+// or sign[b] * x >= bias[b] with thresholds (exact: sign is +1, -1 or 0; NaN compares false,
+// i.e. -1); bits past `bits` are 0. Contiguous pixels go 16 at a time through pack16, the last
+// vector overlapping the one before instead of falling back to scalar code.
 template <bool kThresholds>
-inline void pack_span(const float* x, int64_t channel_stride, int bits, const float* sign,
-                      const float* bias, int64_t count, uint32_t* dst) {
-  if (count < 16) {
+inline void pack_span_as(const float* x, int64_t channel_stride, int64_t pixel_stride, int bits,
+                         const float* sign, const float* bias, int64_t count, uint32_t* dst,
+                         int64_t dst_stride) {
+  if (count < 16 || pixel_stride != 1) {
     for (int64_t i = 0; i < count; ++i) {
       uint32_t word = 0;
       for (int b = 0; b < bits; ++b) {
-        const float v = x[b * channel_stride + i];
+        const float v = x[b * channel_stride + i * pixel_stride];
         const bool set = kThresholds ? (v * sign[b] >= bias[b]) : (v >= 0.0f);
         word |= set ? (1u << b) : 0u;
       }
-      dst[i] = word;
+      dst[i * dst_stride] = word;
     }
     return;
   }
   for (int64_t i = 0;; i += 16) {
     if (i + 16 > count) i = count - 16;
-    pack16<kThresholds>(x + i, channel_stride, bits, sign, bias, dst + i);
+    if (dst_stride == 1) {
+      pack16<kThresholds>(x + i, channel_stride, bits, sign, bias, dst + i);
+    } else {
+      uint32_t words[16];
+      pack16<kThresholds>(x + i, channel_stride, bits, sign, bias, words);
+      for (int l = 0; l < 16; ++l) dst[(i + l) * dst_stride] = words[l];
+    }
     if (i + 16 >= count) break;
+  }
+}
+
+inline void pack_span(const float* x, int64_t channel_stride, int64_t pixel_stride, int bits,
+                      const float* sign, const float* bias, int64_t count, uint32_t* dst,
+                      int64_t dst_stride) {
+  if (sign != nullptr) {
+    pack_span_as<true>(x, channel_stride, pixel_stride, bits, sign, bias, count, dst, dst_stride);
+  } else {
+    pack_span_as<false>(x, channel_stride, pixel_stride, bits, sign, bias, count, dst,
+                        dst_stride);
   }
 }
 
@@ -86,9 +105,9 @@ void pack_words(const PackArgs& a) {
     const int bits = static_cast<int>(min64(bmx::kWordBits, group_channels - jj * bmx::kWordBits));
     const uint32_t pad = p.pad_with_ones ? bmx::low_bits_mask(bits) : 0u;
     // A band of a channel plane is contiguous: pack it as one span of pixels, then pad.
-    pack_span<kThresholds>(a.x + c0 * a.channel_stride + a.row_begin * in_w, a.channel_stride,
-                           bits, kThresholds ? a.thr_sign + c0 : nullptr,
-                           kThresholds ? a.thr_bias + c0 : nullptr, rows * in_w, packed);
+    pack_span_as<kThresholds>(a.x + c0 * a.channel_stride + a.row_begin * in_w, a.channel_stride,
+                              1, bits, kThresholds ? a.thr_sign + c0 : nullptr,
+                              kThresholds ? a.thr_bias + c0 : nullptr, rows * in_w, packed, 1);
     uint32_t* planes = a.image + j * sh * sw * plane;
     if (sh == 1 && sw == 1) {
       for (int64_t yp = first; yp < last; ++yp) {

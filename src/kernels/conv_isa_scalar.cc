@@ -88,12 +88,13 @@ const IsaKernels& scalar_kernels() {
   __builtin_cpu_init();
   static const IsaKernels popcnt{"scalar-popcnt", scalar_isa::kLanes, scalar_isa::kChannels, 1,
                                  nullptr, scalar_isa::tile_popcnt_any, scalar_isa::impl::pack,
-                                 scalar_isa::impl::finish};
+                                 scalar_isa::impl::pack_span, scalar_isa::impl::finish};
   if (__builtin_cpu_supports("popcnt")) return popcnt;
 #endif
   static const IsaKernels portable{"scalar-portable", scalar_isa::kLanes, scalar_isa::kChannels,
                                    1, nullptr, scalar_isa::tile_portable_any,
-                                   scalar_isa::impl::pack, scalar_isa::impl::finish};
+                                   scalar_isa::impl::pack, scalar_isa::impl::pack_span,
+                                   scalar_isa::impl::finish};
   return portable;
 }
 

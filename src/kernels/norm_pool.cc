@@ -54,22 +54,23 @@ void plane(const float* x, float mean, float scale, float beta, const NormPoolPa
 }  // namespace
 
 void norm_relu_pool(const float* x, const float* gamma, const float* beta, const float* mean,
-                    const float* var, const NormPoolParams& p, float* out) {
+                    const float* var, const NormPoolParams& p, float* out,
+                    ThreadBuffers<float>* buffers) {
+  ThreadBuffers<float> call_buffers;
+  if (buffers == nullptr) buffers = &call_buffers;
   const int64_t planes = p.batch * p.channels;
   const int64_t in_plane = p.in_h * p.in_w, out_plane = p.out_h() * p.out_w();
   const int threads = threads_for_floats(static_cast<double>(planes) * in_plane, planes);
-#pragma omp parallel num_threads(threads) if (threads > 1)
-  {
-    std::vector<float> normalized(in_plane), rows(p.in_w);
-#pragma omp for schedule(static)
-    for (int64_t i = 0; i < planes; ++i) {
-      const int64_t c = i % p.channels;
-      const float g = p.fix_gamma ? 1.0f : gamma[c];
-      const float scale = g / std::sqrt(var[c] + p.eps);
-      plane(x + i * in_plane, mean[c], scale, beta[c], p, normalized.data(), rows.data(),
-            out + i * out_plane);
-    }
-  }
+  // Per thread: the normalized plane, then a row of window maxima.
+  buffers->reserve(threads, in_plane + p.in_w);
+  parallel_for(threads, planes, [&](int64_t i, int thread) {
+    const int64_t c = i % p.channels;
+    const float g = p.fix_gamma ? 1.0f : gamma[c];
+    const float scale = g / std::sqrt(var[c] + p.eps);
+    float* normalized = buffers->get(thread);
+    plane(x + i * in_plane, mean[c], scale, beta[c], p, normalized, normalized + in_plane,
+          out + i * out_plane);
+  });
 }
 
 }  // namespace bmx

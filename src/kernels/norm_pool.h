@@ -11,6 +11,8 @@
 
 #include <cstdint>
 
+#include "kernels/parallel.h"
+
 namespace bmx {
 
 struct NormPoolParams {
@@ -29,9 +31,11 @@ struct NormPoolParams {
 
 // x: float [batch][channels][in_h][in_w]; gamma, beta, mean, var: float [channels];
 // out: float [batch][channels][out_h][out_w], fully overwritten. Padding never wins a max (it is
-// -inf, as in MXNet); a window of padding only gives 0 (after ReLU).
+// -inf, as in MXNet); a window of padding only gives 0 (after ReLU). buffers: the threads'
+// scratch, kept by a caller that runs the layer again, or null.
 void norm_relu_pool(const float* x, const float* gamma, const float* beta, const float* mean,
-                    const float* var, const NormPoolParams& p, float* out);
+                    const float* var, const NormPoolParams& p, float* out,
+                    ThreadBuffers<float>* buffers = nullptr);
 
 }  // namespace bmx
 

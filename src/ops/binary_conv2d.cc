@@ -39,14 +39,10 @@ bool parse(const bmx::ops::Attrs& attrs, ConvAttrs* a) {
                         {"kernel", "num_filter", "in_channels", "stride", "pad", "dilate",
                          "num_group", "offset", "scaling", "pad_value", "thresholds"}))
     return false;
-  for (const char* required : {"kernel", "num_filter", "in_channels"}) {
-    if (attrs.count(required) == 0) {
-      MX_ERROR_MSG << kOp << ": attribute " << required << " is required (the packed weight "
-                   << "shape is (num_filter, kernel_h, kernel_w, ceil(in_channels / num_group "
-                   << "/ 32)))";
-      return false;
-    }
-  }
+  if (!require_attrs(kOp, attrs, {"kernel", "num_filter", "in_channels"},
+                     "(the packed weight shape is (num_filter, kernel_h, kernel_w, "
+                     "ceil(in_channels / num_group / 32)))"))
+    return false;
   if (!read_pair(kOp, attrs, "kernel", 1, 1, kMaxWindow, &a->kernel_h, &a->kernel_w) ||
       !read_pair(kOp, attrs, "stride", 1, 1, kMaxWindow, &a->stride_h, &a->stride_w) ||
       !read_pair(kOp, attrs, "pad", 0, 0, kMaxWindow, &a->pad_h, &a->pad_w) ||
@@ -194,48 +190,84 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
   return mxnet::ext::MX_SUCCESS;
 }
 
-// inputs[0]: data [N][C][H][W] float32; inputs[1]: weight [num_filter][kh][kw][words] int32;
-// then scale [num_filter] float32 (scaling=True only); then threshold_sign [C] and threshold_bias
-// [C] float32 (thresholds=True only); outputs[0]: [N][num_filter][H_out][W_out] float32.
-MXReturnValue forward(const bmx::ops::Attrs& attrs, std::vector<MXTensor>* inputs,
-                      std::vector<MXTensor>* outputs, const OpResource& res) {
+// One graph node's convolution: its attributes, and what it keeps from the weights and
+// thresholds it validated (bmx::ops::ConstantInput) for the next call.
+class ConvState : public bmx::ops::OpState {
+ public:
+  explicit ConvState(const ConvAttrs& a) : a_(a) {}
+
+  // inputs[0]: data [N][C][H][W] float32; inputs[1]: weight [num_filter][kh][kw][words] int32;
+  // then scale [num_filter] float32 (scaling=True only); then threshold_sign [C] and
+  // threshold_bias [C] float32 (thresholds=True only); outputs[0]: [N][num_filter][H_out][W_out]
+  // float32.
+  MXReturnValue Forward(std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                        const OpResource& res) override {
+    bmx::ops::forget_reported_errors();
+    MXTensor& x = (*inputs)[0];
+    const bmx::ConvParams p = conv_params(a_, x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
+    if (!validate_constants(*inputs, p)) return mxnet::ext::MX_FAIL;
+    bmx::ConvWorkspace work;
+    work.packed = bmx::ops::alloc_scratch(kOp, res, p.packed_input_words(), "the packed input");
+    if (work.packed == nullptr) return mxnet::ext::MX_FAIL;
+    work.cache = &cache_;
+    work.thread_buffers = &thread_buffers_;
+    bmx::ConvInput in;
+    in.data = x.data<float>();
+    in.batch_stride = p.in_channels * p.in_h * p.in_w;
+    if (a_.thresholds) {
+      in.thr_sign = (*inputs)[threshold_input(a_)].data<float>();
+      in.thr_bias = (*inputs)[threshold_input(a_) + 1].data<float>();
+    }
+    bmx::ConvOutput out;
+    out.data = (*outputs)[0].data<float>();
+    out.batch_stride = p.out_channels * p.out_h() * p.out_w();
+    out.mode = bmx::ops::output_mode(a_.scaling, a_.offset);
+    out.scale = a_.scaling ? (*inputs)[scale_input(a_)].data<float>() : nullptr;
+    bmx::binary_conv2d(in, weights(*inputs), p, out, work);
+    return mxnet::ext::MX_SUCCESS;
+  }
+
+ private:
+  static const uint32_t* weights(std::vector<MXTensor>& inputs) {
+    return reinterpret_cast<const uint32_t*>(inputs[1].data<int32_t>());
+  }
+
+  // Checks the weights and threshold signs unless they are the ones checked last time.
+  bool validate_constants(std::vector<MXTensor>& inputs, const bmx::ConvParams& p) {
+    if (!weight_.unchanged(inputs[1])) {
+      cache_.forget_weights();
+      if (!bmx::tail_bits_clear(weights(inputs), p.out_channels * p.kernel_h * p.kernel_w,
+                                p.group_in_channels())) {
+        MX_ERROR_MSG << kOp << ": input 'weight' has bits set past in_channels / num_group = "
+                     << p.group_in_channels() << " channels: it was packed for another channel "
+                     << "count";
+        return false;
+      }
+      weight_.remember(inputs[1]);
+    }
+    if (a_.thresholds && !threshold_sign_.unchanged(inputs[threshold_input(a_)])) {
+      const MXTensor& sign = inputs[threshold_input(a_)];
+      if (!bmx::ops::check_threshold_signs(kOp, "threshold_sign",
+                                           static_cast<const float*>(sign.data_ptr),
+                                           p.in_channels))
+        return false;
+      threshold_sign_.remember(sign);
+    }
+    return true;
+  }
+
+  const ConvAttrs a_;
+  bmx::ops::ConstantInput weight_, threshold_sign_;
+  bmx::ConvCache cache_;
+  bmx::ThreadBuffers<uint32_t> thread_buffers_;
+};
+
+MXReturnValue create_state(const bmx::ops::Attrs& attrs, const mxnet::ext::MXContext& ctx,
+                           const bmx::ops::Shapes& in_shapes, const std::vector<int> in_types,
+                           mxnet::ext::CustomStatefulOp** state) {
   ConvAttrs a;
   if (!parse(attrs, &a)) return mxnet::ext::MX_FAIL;
-  MXTensor& x = (*inputs)[0];
-  const auto* weights = reinterpret_cast<const uint32_t*>((*inputs)[1].data<int32_t>());
-  const bmx::ConvParams p = conv_params(a, x.shape[0], x.shape[1], x.shape[2], x.shape[3]);
-  if (!bmx::tail_bits_clear(weights, p.out_channels * p.kernel_h * p.kernel_w,
-                            p.group_in_channels())) {
-    MX_ERROR_MSG << kOp << ": input 'weight' has bits set past in_channels / num_group = "
-                 << p.group_in_channels() << " channels: it was packed for another channel "
-                 << "count";
-    return mxnet::ext::MX_FAIL;
-  }
-  const int64_t scratch_bytes = p.packed_input_words() * 4;
-  auto* scratch = static_cast<uint32_t*>(res.alloc_cpu(static_cast<int>(scratch_bytes)));
-  if (scratch == nullptr) {
-    MX_ERROR_MSG << kOp << ": could not allocate " << scratch_bytes
-                 << " bytes of scratch memory for the packed input";
-    return mxnet::ext::MX_FAIL;
-  }
-  const bmx::OutputMode mode = a.scaling ? bmx::OutputMode::kScaledDot
-                               : a.offset ? bmx::OutputMode::kAgreements
-                                          : bmx::OutputMode::kDot;
-  bmx::ConvInput in;
-  in.data = x.data<float>();
-  in.batch_stride = p.in_channels * p.in_h * p.in_w;
-  if (a.thresholds) {
-    in.thr_sign = (*inputs)[threshold_input(a)].data<float>();
-    in.thr_bias = (*inputs)[threshold_input(a) + 1].data<float>();
-    if (!bmx::ops::check_threshold_signs(kOp, "threshold_sign", in.thr_sign, p.in_channels))
-      return mxnet::ext::MX_FAIL;
-  }
-  bmx::ConvOutput out;
-  out.data = (*outputs)[0].data<float>();
-  out.batch_stride = p.out_channels * p.out_h() * p.out_w();
-  out.mode = mode;
-  out.scale = a.scaling ? (*inputs)[scale_input(a)].data<float>() : nullptr;
-  bmx::binary_conv2d(in, weights, p, out, scratch);
+  *state = mxnet::ext::CustomStatefulOp::create<ConvState>(a);
   return mxnet::ext::MX_SUCCESS;
 }
 
@@ -245,5 +277,4 @@ REGISTER_OP(bmx_binary_conv2d)
     .setParseAttrs(parse_attrs)
     .setInferType(infer_type)
     .setInferShape(infer_shape)
-    .setForward(forward, "cpu")
-    .setBackward(bmx::ops::zero_backward, "cpu");
+    .setCreateOpState(create_state, "cpu");

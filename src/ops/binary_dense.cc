@@ -32,14 +32,9 @@ bool parse(const bmx::ops::Attrs& attrs, DenseAttrs* a) {
   if (!check_attr_names(kOp, attrs,
                         {"num_hidden", "in_units", "offset", "scaling", "flatten"}))
     return false;
-  for (const char* required : {"num_hidden", "in_units"}) {
-    if (attrs.count(required) == 0) {
-      MX_ERROR_MSG << kOp << ": attribute " << required << " is required (the packed weight "
-                   << "shape is (num_hidden, ceil(in_units / 32)))";
-      return false;
-    }
-  }
-  return read_int(kOp, attrs, "num_hidden", 1, 1, kMaxUnits, &a->num_hidden) &&
+  return require_attrs(kOp, attrs, {"num_hidden", "in_units"},
+                       "(the packed weight shape is (num_hidden, ceil(in_units / 32)))") &&
+         read_int(kOp, attrs, "num_hidden", 1, 1, kMaxUnits, &a->num_hidden) &&
          read_int(kOp, attrs, "in_units", 1, 1, kMaxUnits, &a->in_units) &&
          read_bool(kOp, attrs, "offset", true, &a->offset) &&
          read_bool(kOp, attrs, "scaling", false, &a->scaling) &&
@@ -120,35 +115,53 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
   return mxnet::ext::MX_SUCCESS;
 }
 
-// inputs[0]: data [rows][in_units] float32 (any shape whose rows hold in_units values);
-// inputs[1]: weight [num_hidden][words] int32; inputs[2] (scaling=True only): scale
-// [num_hidden] float32; outputs[0]: [rows][num_hidden] float32.
-MXReturnValue forward(const bmx::ops::Attrs& attrs, std::vector<MXTensor>* inputs,
-                      std::vector<MXTensor>* outputs, const OpResource& res) {
+// One graph node's dense layer: its attributes, and what it keeps from the weights it validated
+// (bmx::ops::ConstantInput) for the next call.
+class DenseState : public bmx::ops::OpState {
+ public:
+  explicit DenseState(const DenseAttrs& a) : a_(a) {}
+
+  // inputs[0]: data [rows][in_units] float32 (any shape whose rows hold in_units values);
+  // inputs[1]: weight [num_hidden][words] int32; inputs[2] (scaling=True only): scale
+  // [num_hidden] float32; outputs[0]: [rows][num_hidden] float32.
+  MXReturnValue Forward(std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                        const OpResource& res) override {
+    bmx::ops::forget_reported_errors();
+    MXTensor& x = (*inputs)[0];
+    const auto* weights = reinterpret_cast<const uint32_t*>((*inputs)[1].data<int32_t>());
+    int64_t rows = 0, units = 0;
+    rows_and_units(a_, x.shape, &rows, &units);
+    if (!weight_.unchanged((*inputs)[1])) {
+      cache_.forget_weights();
+      if (!bmx::tail_bits_clear(weights, a_.num_hidden, a_.in_units)) {
+        MX_ERROR_MSG << kOp << ": input 'weight' has bits set past in_units=" << a_.in_units
+                     << ": it was packed for another input size";
+        return mxnet::ext::MX_FAIL;
+      }
+      weight_.remember((*inputs)[1]);
+    }
+    uint32_t* scratch = bmx::ops::alloc_scratch(kOp, res, bmx::dense_scratch_words(rows, units),
+                                                "the packed input");
+    if (scratch == nullptr) return mxnet::ext::MX_FAIL;
+    const float* scale = a_.scaling ? (*inputs)[2].data<float>() : nullptr;
+    bmx::binary_dense(x.data<float>(), weights, rows, units, a_.num_hidden,
+                      bmx::ops::output_mode(a_.scaling, a_.offset), scale, scratch,
+                      (*outputs)[0].data<float>(), &cache_);
+    return mxnet::ext::MX_SUCCESS;
+  }
+
+ private:
+  const DenseAttrs a_;
+  bmx::ops::ConstantInput weight_;
+  bmx::ConvCache cache_;
+};
+
+MXReturnValue create_state(const bmx::ops::Attrs& attrs, const mxnet::ext::MXContext& ctx,
+                           const bmx::ops::Shapes& in_shapes, const std::vector<int> in_types,
+                           mxnet::ext::CustomStatefulOp** state) {
   DenseAttrs a;
   if (!parse(attrs, &a)) return mxnet::ext::MX_FAIL;
-  MXTensor& x = (*inputs)[0];
-  const auto* weights = reinterpret_cast<const uint32_t*>((*inputs)[1].data<int32_t>());
-  int64_t rows = 0, units = 0;
-  rows_and_units(a, x.shape, &rows, &units);
-  if (!bmx::tail_bits_clear(weights, a.num_hidden, a.in_units)) {
-    MX_ERROR_MSG << kOp << ": input 'weight' has bits set past in_units=" << a.in_units
-                 << ": it was packed for another input size";
-    return mxnet::ext::MX_FAIL;
-  }
-  const int64_t scratch_bytes = bmx::dense_scratch_words(rows, units) * 4;
-  auto* scratch = static_cast<uint32_t*>(res.alloc_cpu(static_cast<int>(scratch_bytes)));
-  if (scratch == nullptr) {
-    MX_ERROR_MSG << kOp << ": could not allocate " << scratch_bytes
-                 << " bytes of scratch memory for the packed input";
-    return mxnet::ext::MX_FAIL;
-  }
-  const bmx::OutputMode mode = a.scaling ? bmx::OutputMode::kScaledDot
-                               : a.offset ? bmx::OutputMode::kAgreements
-                                          : bmx::OutputMode::kDot;
-  const float* scale = a.scaling ? (*inputs)[2].data<float>() : nullptr;
-  bmx::binary_dense(x.data<float>(), weights, rows, units, a.num_hidden, mode, scale, scratch,
-                    (*outputs)[0].data<float>());
+  *state = mxnet::ext::CustomStatefulOp::create<DenseState>(a);
   return mxnet::ext::MX_SUCCESS;
 }
 
@@ -158,5 +171,4 @@ REGISTER_OP(bmx_binary_dense)
     .setParseAttrs(parse_attrs)
     .setInferType(infer_type)
     .setInferShape(infer_shape)
-    .setForward(forward, "cpu")
-    .setBackward(bmx::ops::zero_backward, "cpu");
+    .setCreateOpState(create_state, "cpu");

@@ -46,12 +46,7 @@ bool parse(const bmx::ops::Attrs& attrs, StageAttrs* a) {
   if (!check_attr_names(kOp, attrs, {"in_channels", "growth", "units", "kernel", "dilate",
                                      "offset", "pad_value"}))
     return false;
-  for (const char* required : {"in_channels", "growth", "units"}) {
-    if (attrs.count(required) == 0) {
-      MX_ERROR_MSG << kOp << ": attribute " << required << " is required";
-      return false;
-    }
-  }
+  if (!require_attrs(kOp, attrs, {"in_channels", "growth", "units"}, "")) return false;
   if (!read_int(kOp, attrs, "in_channels", 1, 1, kMaxChannels, &a->in_channels) ||
       !read_int(kOp, attrs, "growth", 1, 1, kMaxChannels, &a->growth) ||
       !read_pair(kOp, attrs, "kernel", 3, 1, kMaxWindow, &a->kernel_h, &a->kernel_w) ||
@@ -190,43 +185,78 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
   return mxnet::ext::MX_SUCCESS;
 }
 
-// inputs[0]: data [N][C0][H][W] float32; per unit u, inputs[1 + 3u]: weight
-// [growth][kh][kw][words(C_u)] int32, inputs[2 + 3u], inputs[3 + 3u]: threshold sign and bias
-// [C_u] float32; outputs[0]: [N][C0 + growth * dense units][H][W] float32.
-MXReturnValue forward(const bmx::ops::Attrs& attrs, std::vector<MXTensor>* inputs,
-                      std::vector<MXTensor>* outputs, const OpResource& res) {
+// One graph node's stage: its attributes, and per unit what it keeps from the weights and
+// thresholds it validated (bmx::ops::ConstantInput) for the next call.
+class StageState : public bmx::ops::OpState {
+ public:
+  explicit StageState(const StageAttrs& a)
+      : a_(a), units_(a.improvement.size()), weights_(a.improvement.size()),
+        threshold_signs_(a.improvement.size()) {
+    for (size_t u = 0; u < units_.size(); ++u) {
+      units_[u].improvement = a.improvement[u];
+      widest_ = std::max(widest_, a.channels_before(u));
+    }
+    cache_.units.resize(units_.size());
+  }
+
+  // inputs[0]: data [N][C0][H][W] float32; per unit u, inputs[1 + 3u]: weight
+  // [growth][kh][kw][words(C_u)] int32, inputs[2 + 3u], inputs[3 + 3u]: threshold sign and bias
+  // [C_u] float32; outputs[0]: [N][C0 + growth * dense units][H][W] float32.
+  MXReturnValue Forward(std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                        const OpResource& res) override {
+    bmx::ops::forget_reported_errors();
+    MXTensor& x = (*inputs)[0];
+    const bmx::StageParams p = stage_params(a_, x.shape);
+    for (size_t u = 0; u < units_.size(); ++u) {
+      const size_t first = 1 + kInputsPerUnit * u;
+      bmx::StageUnit& unit = units_[u];
+      unit.weights = reinterpret_cast<const uint32_t*>((*inputs)[first].data<int32_t>());
+      unit.thr_sign = (*inputs)[first + 1].data<float>();
+      unit.thr_bias = (*inputs)[first + 2].data<float>();
+      if (!validate_unit(u, *inputs)) return mxnet::ext::MX_FAIL;
+    }
+    uint32_t* scratch = bmx::ops::alloc_scratch(kOp, res, bmx::stage_scratch_words(p, widest_),
+                                                "the packed input");
+    if (scratch == nullptr) return mxnet::ext::MX_FAIL;
+    bmx::binary_stage(x.data<float>(), p, units_, scratch, (*outputs)[0].data<float>(), &cache_);
+    return mxnet::ext::MX_SUCCESS;
+  }
+
+ private:
+  // Checks unit u's weights and threshold signs unless they are the ones checked last time.
+  bool validate_unit(size_t u, std::vector<MXTensor>& inputs) {
+    const size_t first = 1 + kInputsPerUnit * u;
+    const int64_t c = a_.channels_before(u);
+    if (!weights_[u].unchanged(inputs[first])) {
+      cache_.units[u].forget_weights();
+      if (!bmx::tail_bits_clear(units_[u].weights, a_.growth * a_.kernel_h * a_.kernel_w, c)) {
+        MX_ERROR_MSG << kOp << ": input '" << input_name(first) << "' has bits set past its "
+                     << c << " input channels: it was packed for another channel count";
+        return false;
+      }
+      weights_[u].remember(inputs[first]);
+    }
+    if (!threshold_signs_[u].unchanged(inputs[first + 1])) {
+      if (!bmx::ops::check_threshold_signs(kOp, input_name(first + 1), units_[u].thr_sign, c))
+        return false;
+      threshold_signs_[u].remember(inputs[first + 1]);
+    }
+    return true;
+  }
+
+  const StageAttrs a_;
+  std::vector<bmx::StageUnit> units_;
+  std::vector<bmx::ops::ConstantInput> weights_, threshold_signs_;
+  int64_t widest_ = 0;
+  bmx::StageCache cache_;
+};
+
+MXReturnValue create_state(const bmx::ops::Attrs& attrs, const mxnet::ext::MXContext& ctx,
+                           const bmx::ops::Shapes& in_shapes, const std::vector<int> in_types,
+                           mxnet::ext::CustomStatefulOp** state) {
   StageAttrs a;
   if (!parse(attrs, &a)) return mxnet::ext::MX_FAIL;
-  MXTensor& x = (*inputs)[0];
-  const bmx::StageParams p = stage_params(a, x.shape);
-  std::vector<bmx::StageUnit> units;
-  int64_t widest = 0;
-  for (size_t u = 0; u < a.improvement.size(); ++u) {
-    const int64_t c = a.channels_before(u);
-    widest = std::max(widest, c);
-    const size_t first = 1 + kInputsPerUnit * u;
-    bmx::StageUnit unit;
-    unit.improvement = a.improvement[u];
-    unit.weights = reinterpret_cast<const uint32_t*>((*inputs)[first].data<int32_t>());
-    unit.thr_sign = (*inputs)[first + 1].data<float>();
-    unit.thr_bias = (*inputs)[first + 2].data<float>();
-    if (!bmx::tail_bits_clear(unit.weights, a.growth * a.kernel_h * a.kernel_w, c)) {
-      MX_ERROR_MSG << kOp << ": input '" << input_name(first) << "' has bits set past its " << c
-                   << " input channels: it was packed for another channel count";
-      return mxnet::ext::MX_FAIL;
-    }
-    if (!bmx::ops::check_threshold_signs(kOp, input_name(first + 1), unit.thr_sign, c))
-      return mxnet::ext::MX_FAIL;
-    units.push_back(unit);
-  }
-  const int64_t scratch_bytes = bmx::stage_scratch_words(p, widest) * 4;
-  auto* scratch = static_cast<uint32_t*>(res.alloc_cpu(static_cast<int>(scratch_bytes)));
-  if (scratch == nullptr) {
-    MX_ERROR_MSG << kOp << ": could not allocate " << scratch_bytes
-                 << " bytes of scratch memory for the packed input";
-    return mxnet::ext::MX_FAIL;
-  }
-  bmx::binary_stage(x.data<float>(), p, units, scratch, (*outputs)[0].data<float>());
+  *state = mxnet::ext::CustomStatefulOp::create<StageState>(a);
   return mxnet::ext::MX_SUCCESS;
 }
 
@@ -236,5 +266,4 @@ REGISTER_OP(bmx_binary_stage)
     .setParseAttrs(parse_attrs)
     .setInferType(infer_type)
     .setInferShape(infer_shape)
-    .setForward(forward, "cpu")
-    .setBackward(bmx::ops::zero_backward, "cpu");
+    .setCreateOpState(create_state, "cpu");

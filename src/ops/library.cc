@@ -14,3 +14,14 @@ MXReturnValue initialize(int version) {
 // For reports and tests (ctypes): the inner loop the ops run, e.g. "avx512-vpopcntdq". The op
 // library and the Cython bindings each choose on their own, from the same CPU and BMXNET_ISA.
 extern "C" const char* bmx_kernel_name() { return bmx::kernel_name(); }
+
+// For tests and benchmarks (ctypes): makes the op library's kernels use the path named "scalar",
+// "avx2" or "avx512" (falling back as BMXNET_ISA does) and returns the name of the path that was
+// active before; null, changing nothing, for any other name.
+extern "C" const char* bmx_set_isa(const char* name) {
+  bmx::Isa requested;
+  if (name == nullptr || !bmx::parse_isa(name, &requested)) return nullptr;
+  const bmx::Isa previous = bmx::active_isa();
+  bmx::set_isa(requested);
+  return bmx::isa_name(previous);
+}

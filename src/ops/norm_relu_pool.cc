@@ -34,10 +34,7 @@ bool parse(const bmx::ops::Attrs& attrs, NormPoolAttrs* a) {
   using namespace bmx::ops;
   if (!check_attr_names(kOp, attrs, {"kernel", "stride", "pad", "eps", "fix_gamma"}))
     return false;
-  if (attrs.count("kernel") == 0) {
-    MX_ERROR_MSG << kOp << ": attribute kernel is required";
-    return false;
-  }
+  if (!require_attrs(kOp, attrs, {"kernel"}, "")) return false;
   if (!read_pair(kOp, attrs, "kernel", 1, 1, kMaxWindow, &a->kernel_h, &a->kernel_w) ||
       !read_pair(kOp, attrs, "stride", 1, 1, kMaxWindow, &a->stride_h, &a->stride_w) ||
       !read_pair(kOp, attrs, "pad", 0, 0, kMaxWindow, &a->pad_h, &a->pad_w) ||
@@ -130,16 +127,35 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
   return mxnet::ext::MX_SUCCESS;
 }
 
-// inputs[0]: data [N][C][H][W]; inputs[1..4]: gamma, beta, moving_mean, moving_var [C];
-// outputs[0]: [N][C][H_out][W_out]; all float32.
-MXReturnValue forward(const bmx::ops::Attrs& attrs, std::vector<MXTensor>* inputs,
-                      std::vector<MXTensor>* outputs, const OpResource& res) {
+// One graph node's BatchNorm -> ReLU -> pooling: its attributes and its threads' buffers.
+class NormPoolState : public bmx::ops::OpState {
+ public:
+  explicit NormPoolState(const NormPoolAttrs& a) : a_(a) {}
+
+  // inputs[0]: data [N][C][H][W]; inputs[1..4]: gamma, beta, moving_mean, moving_var [C];
+  // outputs[0]: [N][C][H_out][W_out]; all float32.
+  MXReturnValue Forward(std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                        const OpResource& res) override {
+    bmx::ops::forget_reported_errors();
+    MXTensor& x = (*inputs)[0];
+    bmx::norm_relu_pool(x.data<float>(), (*inputs)[1].data<float>(),
+                        (*inputs)[2].data<float>(), (*inputs)[3].data<float>(),
+                        (*inputs)[4].data<float>(), params(a_, x.shape),
+                        (*outputs)[0].data<float>(), &buffers_);
+    return mxnet::ext::MX_SUCCESS;
+  }
+
+ private:
+  const NormPoolAttrs a_;
+  bmx::ThreadBuffers<float> buffers_;
+};
+
+MXReturnValue create_state(const bmx::ops::Attrs& attrs, const mxnet::ext::MXContext& ctx,
+                           const bmx::ops::Shapes& in_shapes, const std::vector<int> in_types,
+                           mxnet::ext::CustomStatefulOp** state) {
   NormPoolAttrs a;
   if (!parse(attrs, &a)) return mxnet::ext::MX_FAIL;
-  MXTensor& x = (*inputs)[0];
-  bmx::norm_relu_pool(x.data<float>(), (*inputs)[1].data<float>(), (*inputs)[2].data<float>(),
-                      (*inputs)[3].data<float>(), (*inputs)[4].data<float>(),
-                      params(a, x.shape), (*outputs)[0].data<float>());
+  *state = mxnet::ext::CustomStatefulOp::create<NormPoolState>(a);
   return mxnet::ext::MX_SUCCESS;
 }
 
@@ -149,5 +165,4 @@ REGISTER_OP(bmx_norm_relu_pool)
     .setParseAttrs(parse_attrs)
     .setInferType(infer_type)
     .setInferShape(infer_shape)
-    .setForward(forward, "cpu")
-    .setBackward(bmx::ops::zero_backward, "cpu");
+    .setCreateOpState(create_state, "cpu");

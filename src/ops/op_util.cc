@@ -268,14 +268,63 @@ static size_t dtype_bytes(int dtype) {
   }
 }
 
-mxnet::ext::MXReturnValue zero_backward(const Attrs& attrs,
-                                        std::vector<mxnet::ext::MXTensor>* inputs,
-                                        std::vector<mxnet::ext::MXTensor>* outputs,
-                                        const mxnet::ext::OpResource& res) {
+bool require_attrs(const char* op, const Attrs& attrs, std::initializer_list<const char*> names,
+                   const char* why) {
+  for (const char* name : names) {
+    if (attrs.count(name) == 0) {
+      MX_ERROR_MSG << op << ": attribute " << name << " is required" << (*why ? " " : "") << why;
+      return false;
+    }
+  }
+  return true;
+}
+
+uint32_t* alloc_scratch(const char* op, const mxnet::ext::OpResource& res, int64_t words,
+                        const char* what) {
+  // Shape inference rejected inputs whose scratch would not fit an int.
+  const int64_t bytes = words * 4;
+  auto* scratch = static_cast<uint32_t*>(res.alloc_cpu(static_cast<int>(bytes)));
+  if (scratch == nullptr) {
+    MX_ERROR_MSG << op << ": could not allocate " << bytes << " bytes of scratch memory for "
+                 << what;
+  }
+  return scratch;
+}
+
+mxnet::ext::MXReturnValue OpState::Backward(std::vector<mxnet::ext::MXTensor>* inputs,
+                                            std::vector<mxnet::ext::MXTensor>* outputs,
+                                            const mxnet::ext::OpResource& res) {
+  forget_reported_errors();
   for (auto& grad : *outputs) {
     std::memset(grad.data_ptr, 0, grad.size() * dtype_bytes(grad.dtype));
   }
   return mxnet::ext::MX_SUCCESS;
+}
+
+bool ConstantInput::unchanged(const mxnet::ext::MXTensor& t) const {
+  return t.data_ptr == data_ && t.verID == version_ &&
+         t.size() * static_cast<int64_t>(dtype_bytes(t.dtype)) == bytes_ &&
+         fingerprint(t) == fingerprint_;
+}
+
+void ConstantInput::remember(const mxnet::ext::MXTensor& t) {
+  data_ = t.data_ptr;
+  version_ = t.verID;
+  bytes_ = t.size() * static_cast<int64_t>(dtype_bytes(t.dtype));
+  fingerprint_ = fingerprint(t);
+}
+
+uint64_t ConstantInput::fingerprint(const mxnet::ext::MXTensor& t) {
+  // Every input the ops remember holds 4-byte values (int32 words, float32).
+  const auto* words = static_cast<const uint32_t*>(t.data_ptr);
+  const int64_t count = t.size();
+  constexpr int64_t kSamples = 64;
+  uint64_t hash = 0x9E3779B97F4A7C15ull ^ static_cast<uint64_t>(count);
+  for (int64_t i = 0; i < kSamples && i < count; ++i) {
+    const int64_t at = count <= kSamples ? i : i * (count - 1) / (kSamples - 1);
+    hash = (hash ^ words[at]) * 0x100000001B3ull;
+  }
+  return hash;
 }
 
 bool check_threshold_signs(const char* op, const std::string& name, const float* signs,

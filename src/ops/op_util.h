@@ -3,12 +3,15 @@
 #ifndef BMXNET_OPS_OP_UTIL_H_
 #define BMXNET_OPS_OP_UTIL_H_
 
+#include <atomic>
 #include <cstdint>
+#include <initializer_list>
 #include <sstream>
 #include <string>
 #include <unordered_map>
 #include <vector>
 
+#include "kernels/xnor_popcount.h"
 #include "mxnet/lib_api.h"
 
 namespace bmx {
@@ -24,6 +27,11 @@ inline bool is_internal_attr(const std::string& key) {
 
 // Fails on any attribute not in `known`, naming the op and what it accepts.
 bool check_attr_names(const char* op, const Attrs& attrs, const std::vector<std::string>& known);
+
+// Fails unless every attribute in `names` is present; `why` follows the message (e.g. what the
+// attributes determine).
+bool require_attrs(const char* op, const Attrs& attrs, std::initializer_list<const char*> names,
+                   const char* why);
 
 // Reads an integer attribute; `fallback` when absent. False (with a message) when not an integer
 // in [lo, hi].
@@ -71,15 +79,19 @@ inline bool dim_is_empty_or_unknown(unsigned int dim) {
 
 std::string shape_str(const std::vector<unsigned int>& shape);
 
-// Backward of every bmx_* op: zero gradients for all inputs. The ops are inference forms of
-// binary layers (sign has zero derivative almost everywhere); a backward must still exist because
-// MXNet 1.9's CachedOp (every hybridized block, every SymbolBlock) builds the gradient graph of
-// all its operators up front and rejects operators that have none.
-mxnet::ext::MXReturnValue zero_backward(const Attrs& attrs,
-                                        std::vector<mxnet::ext::MXTensor>* inputs,
-                                        std::vector<mxnet::ext::MXTensor>* outputs,
-                                        const mxnet::ext::OpResource& res);
 const char* dtype_name(int dtype);
+
+// The output convention (kernels/xnor_popcount.h) of a binary layer's scaling and offset
+// attributes.
+inline bmx::OutputMode output_mode(bool scaling, bool offset) {
+  return scaling ? bmx::OutputMode::kScaledDot
+                 : offset ? bmx::OutputMode::kAgreements : bmx::OutputMode::kDot;
+}
+
+// `words` 32-bit words of scratch memory from MXNet's pool for this call (no allocation once the
+// pool has grown to the layer's size); null after a message naming `what` when there is none.
+uint32_t* alloc_scratch(const char* op, const mxnet::ext::OpResource& res, int64_t words,
+                        const char* what);
 
 // Threshold signs (a BatchNorm folded into the binarization) must each be +1, -1 or 0.
 bool check_threshold_signs(const char* op, const std::string& name, const float* signs,
@@ -99,6 +111,53 @@ std::stringstream& fresh_error_message(const char* file, int line);
 // very moment would get an out-of-range error for its call; the window is a few instructions,
 // once per failure.
 void forget_reported_errors();
+
+// --- stateful operators ------------------------------------------------------------------------
+//
+// Every bmx_* operator is stateful (lib_api's createOpState): its attributes are parsed once, into
+// its state, and the state keeps what the kernels derive from constant inputs (validation, weights
+// in the form the tiles read, offsets, per-thread buffers) from one call to the next. MXNet keeps
+// one state per graph node in a block hybridized with static_alloc=True; imperative calls and
+// blocks hybridized without it get a new state per call (they then compute as a stateless
+// operator would).
+
+// Base of the states: the backward of every bmx_* op, and the tensor lists of a call, kept here so
+// that the call allocates nothing (stateful_call.cc).
+class OpState : public mxnet::ext::CustomStatefulOp {
+ public:
+  // Zero gradients for all inputs. The ops are inference forms of binary layers (sign has zero
+  // derivative almost everywhere); a backward must still exist because MXNet 1.9's CachedOp
+  // (every hybridized block, every SymbolBlock) builds the gradient graph of all its operators
+  // up front and rejects operators that have none.
+  mxnet::ext::MXReturnValue Backward(std::vector<mxnet::ext::MXTensor>* inputs,
+                                     std::vector<mxnet::ext::MXTensor>* outputs,
+                                     const mxnet::ext::OpResource& res) override;
+
+  std::vector<mxnet::ext::MXTensor> call_inputs, call_outputs;
+  std::atomic<bool> in_call{false};  // the lists above are in use
+};
+
+// Whether a constant input (packed weights, thresholds) still holds what was validated and
+// derived from it. The rule: MXNet gives every NDArray a version that grows with each write to
+// it (MXTensor::verID), so the same data pointer and version mean the same contents. A new
+// NDArray may take the freed memory of an old one at the same version (a re-initialized
+// parameter), so a fingerprint of 64 words spread over the data is compared too. A change is
+// seen on the next call: nothing is re-derived while a write to the array is in flight, since MXNet
+// orders the write and the reading operator.
+class ConstantInput {
+ public:
+  // True when `t` is the tensor last passed to remember().
+  bool unchanged(const mxnet::ext::MXTensor& t) const;
+  // Records `t` as validated and derived from.
+  void remember(const mxnet::ext::MXTensor& t);
+
+ private:
+  static uint64_t fingerprint(const mxnet::ext::MXTensor& t);
+  const void* data_ = nullptr;
+  size_t version_ = 0;
+  int64_t bytes_ = -1;
+  uint64_t fingerprint_ = 0;
+};
 
 }  // namespace ops
 }  // namespace bmx

@@ -44,12 +44,26 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
   return mxnet::ext::MX_SUCCESS;
 }
 
-// inputs[0]: data [N][C][H][W] float32; outputs[0]: [N][H][W][words] int32.
-MXReturnValue forward(const bmx::ops::Attrs& attrs, std::vector<MXTensor>* inputs,
-                      std::vector<MXTensor>* outputs, const OpResource& res) {
-  MXTensor& x = (*inputs)[0];
-  bmx::pack_nchw(x.data<float>(), x.shape[0], x.shape[1], x.shape[2], x.shape[3],
-                 reinterpret_cast<uint32_t*>((*outputs)[0].data<int32_t>()));
+// Nothing to keep between calls; stateful as every bmx_* op is, so that a call allocates
+// nothing (ops/stateful_call.cc).
+class SignPackState : public bmx::ops::OpState {
+ public:
+  // inputs[0]: data [N][C][H][W] float32; outputs[0]: [N][H][W][words] int32.
+  MXReturnValue Forward(std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
+                        const OpResource& res) override {
+    bmx::ops::forget_reported_errors();
+    MXTensor& x = (*inputs)[0];
+    bmx::pack_nchw(x.data<float>(), x.shape[0], x.shape[1], x.shape[2], x.shape[3],
+                   reinterpret_cast<uint32_t*>((*outputs)[0].data<int32_t>()));
+    return mxnet::ext::MX_SUCCESS;
+  }
+};
+
+MXReturnValue create_state(const bmx::ops::Attrs& attrs, const mxnet::ext::MXContext& ctx,
+                           const bmx::ops::Shapes& in_shapes, const std::vector<int> in_types,
+                           mxnet::ext::CustomStatefulOp** state) {
+  if (!bmx::ops::check_attr_names(kOp, attrs, {})) return mxnet::ext::MX_FAIL;
+  *state = mxnet::ext::CustomStatefulOp::create<SignPackState>();
   return mxnet::ext::MX_SUCCESS;
 }
 
@@ -59,5 +73,4 @@ REGISTER_OP(bmx_sign_pack)
     .setParseAttrs(parse_attrs)
     .setInferType(infer_type)
     .setInferShape(infer_shape)
-    .setForward(forward, "cpu")
-    .setBackward(bmx::ops::zero_backward, "cpu");
+    .setCreateOpState(create_state, "cpu");
