@@ -90,7 +90,10 @@ class BuildExt(build_ext):
         cmake = _cmake()
         build_dir = os.path.abspath(os.path.join(self.build_temp, "cmake"))
         os.makedirs(build_dir, exist_ok=True)
-        out_dir = os.path.dirname(os.path.abspath(self.get_ext_fullpath(ext.name)))
+        # Always into build_lib: for --inplace / editable builds setuptools copies every
+        # extension from there into the source tree after run().
+        out_dir = os.path.join(os.path.abspath(self.build_lib),
+                               os.path.dirname(self.get_ext_filename(ext.name)))
         configure = [
             cmake, HERE, "-DCMAKE_BUILD_TYPE=Release",
             f"-DMXNET_ROOT={_mxnet_root()}",
