@@ -231,7 +231,13 @@ def test_unreadable_files_raise_or_are_reported(exported_model, tmp_path, name, 
     assert re.search(message, reported[1].error)
 
 
-def test_a_truncated_jpeg_warns_and_is_predicted(exported_model, tmp_path):
+@pytest.mark.parametrize("pillow_loads_truncated", [False, True], ids=["pillow", "after-gluoncv"])
+def test_a_truncated_jpeg_warns_and_is_predicted(exported_model, tmp_path, monkeypatch,
+                                                 pillow_loads_truncated):
+    from PIL import ImageFile
+
+    # importing gluoncv.data sets Pillow's LOAD_TRUNCATED_IMAGES for the whole process
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", pillow_loads_truncated)
     path = _bad_files(tmp_path)["truncated.jpg"]
     predictor = Predictor(exported_model())
     with pytest.warns(DamagedImageWarning, match="truncated.jpg: the file is damaged or "
@@ -241,6 +247,7 @@ def test_a_truncated_jpeg_warns_and_is_predicted(exported_model, tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error", DamagedImageWarning)  # "report" does not warn
         assert predictor.predict_files([path], topk=3, errors="report") == [prediction]
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is pillow_loads_truncated  # left as it was
 
 
 def test_errors_must_be_raise_or_report(exported_model):

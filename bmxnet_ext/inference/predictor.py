@@ -11,6 +11,7 @@ uses during training, so the network sees the pixels it was evaluated on.
 """
 import io
 import os
+import threading
 import warnings
 from dataclasses import dataclass
 from typing import Optional, Tuple
@@ -81,6 +82,9 @@ def _softmax(logits):
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+_PILLOW_FLAG_LOCK = threading.Lock()
+
+
 def _damage(data):
     """Why Pillow cannot fully decode ``data`` when it recognizes the format, else None.
 
@@ -88,17 +92,23 @@ def _damage(data):
     what is missing of a truncated JPEG without a word; Pillow is only asked whether the file
     is complete. A format Pillow does not know is left to OpenCV to accept or refuse.
     """
-    from PIL import Image
+    from PIL import Image, ImageFile
 
     try:
         image = Image.open(io.BytesIO(data))
     except Exception:  # noqa: BLE001 (not a format Pillow knows)
         return None
-    try:
-        image.draft(image.mode, (1, 1))  # JPEG: decode at 1/8 scale, still reading every byte
-        image.load()
-    except Exception as err:  # noqa: BLE001 (Pillow raises OSError, SyntaxError, ...)
-        return str(err) or type(err).__name__
+    # gluoncv sets Pillow's process-wide LOAD_TRUNCATED_IMAGES on import (gluoncv.data.mhp),
+    # which makes a truncated file load without a word: the check turns it off while it runs.
+    with _PILLOW_FLAG_LOCK:
+        previous, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
+        try:
+            image.draft(image.mode, (1, 1))  # JPEG: decode at 1/8 scale, reading every byte
+            image.load()
+        except Exception as err:  # noqa: BLE001 (Pillow raises OSError, SyntaxError, ...)
+            return str(err) or type(err).__name__
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = previous
     return None
 
 
