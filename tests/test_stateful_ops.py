@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import binary_reference as ref
+from conftest import conv_inputs
 import bmxnet_ext
 from bmxnet_ext.inference import _kernels as K
 
@@ -56,15 +57,6 @@ def _conv_symbol(case, thresholds=False, scaling=False):
         thresholds=thresholds, scaling=scaling)
 
 
-def _conv_arrays(case, seed=0):
-    x = ref.random_floats((case["n"], case["c"], case["h"], case["w"]), seed)
-    w = ref.random_floats((case["c_out"], case["c"] // case["groups"], case["k"], case["k"]),
-                          seed + 1)
-    geometry = dict(stride=case["stride"], pad=case["pad"], dilate=case["dilate"],
-                    groups=case["groups"])
-    return x, w, geometry
-
-
 def _thresholds(channels, seed):
     rng = np.random.RandomState(seed)
     sign = rng.choice([-1.0, 1.0, 0.0], channels, p=[0.45, 0.45, 0.1]).astype(np.float32)
@@ -79,7 +71,7 @@ def _binarized(x, sign, bias):
 
 @pytest.mark.parametrize("case", ref.CONV_CASES)
 def test_conv_state_equals_reference(op_isa, case):
-    x, w, geometry = _conv_arrays(case)
+    x, w, geometry = conv_inputs(case)
     executor, _ = _bound(_conv_symbol(case), dict(
         data=x, weight=K.pack_conv_weights(w, case["groups"])))
     expected = ref.conv2d(x, w, **geometry)
@@ -90,7 +82,7 @@ def test_conv_state_equals_reference(op_isa, case):
 @pytest.mark.parametrize("case", [ref.CONV_CASES[0], ref.CONV_CASES[-5], ref.CONV_CASES[-4],
                                   ref.CONV_CASES[-2]])
 def test_thresholded_conv_state_equals_conv_of_thresholded_input(op_isa, case):
-    x, w, geometry = _conv_arrays(case)
+    x, w, geometry = conv_inputs(case)
     sign, bias = _thresholds(case["c"], 2)
     executor, _ = _bound(_conv_symbol(case, thresholds=True), dict(
         data=x, weight=K.pack_conv_weights(w, case["groups"]), sign=sign, bias=bias))
@@ -170,7 +162,7 @@ def test_norm_relu_pool_state_equals_mxnet_operators():
 
 def test_conv_state_follows_weights_and_thresholds_written_in_place(op_isa):
     case = ref.CONV_CASES[-4].values[0]
-    x, w, geometry = _conv_arrays(case)
+    x, w, geometry = conv_inputs(case)
     sign, bias = _thresholds(case["c"], 2)
     executor, args = _bound(_conv_symbol(case, thresholds=True), dict(
         data=x, weight=K.pack_conv_weights(w, case["groups"]), sign=sign, bias=bias))
@@ -187,7 +179,7 @@ def test_conv_state_follows_weights_and_thresholds_written_in_place(op_isa):
 
 def test_state_validates_weights_written_in_place_again(op_isa):
     case = ref.CONV_CASES[0].values[0]  # 33 channels: the tail word has 31 bits unused
-    x, w, geometry = _conv_arrays(case)
+    x, w, geometry = conv_inputs(case)
     packed = K.pack_conv_weights(w)
     executor, args = _bound(_conv_symbol(case), dict(data=x, weight=packed))
     _outputs(executor)

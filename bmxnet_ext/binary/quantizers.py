@@ -142,46 +142,31 @@ def _check_bits(bits, name):
     return bits
 
 
-class RoundActivation(Quantizer):
-    """Activations on ``2**bits`` levels in [0, 1], straight-through inside [0, 1]
-    (:func:`round_activation`; DoReFa-Net, Zhou et al. 2016; BMXNet-v2's ``bits_a``).
-
-    Parameters
-    ----------
-    bits : int
-        2 to 8.
-    """
+class _LevelsQuantizer(Quantizer):
+    """A quantizer onto ``2**bits`` levels; ``bits`` is 2 to 8 (its ``precision``)."""
 
     def __init__(self, bits, **kwargs):
         super().__init__(**kwargs)
         self.precision = _check_bits(bits, "bits")
+
+    def __repr__(self):
+        return f"{type(self).__name__}(bits={self.precision})"
+
+
+class RoundActivation(_LevelsQuantizer):
+    """Activations on ``2**bits`` levels in [0, 1], straight-through inside [0, 1]
+    (:func:`round_activation`; DoReFa-Net, Zhou et al. 2016; BMXNet-v2's ``bits_a``)."""
 
     def hybrid_forward(self, F, x):
         return round_activation(F, x, self.precision)
 
-    def __repr__(self):
-        return f"{type(self).__name__}(bits={self.precision})"
 
-
-class DoReFaWeights(Quantizer):
+class DoReFaWeights(_LevelsQuantizer):
     """Weights on ``2**bits`` levels in [-1, 1] (:func:`dorefa_weights`; DoReFa-Net, Zhou et al.
-    2016; BMXNet-v2's ``bits``).
-
-    Parameters
-    ----------
-    bits : int
-        2 to 8.
-    """
-
-    def __init__(self, bits, **kwargs):
-        super().__init__(**kwargs)
-        self.precision = _check_bits(bits, "bits")
+    2016; BMXNet-v2's ``bits``)."""
 
     def hybrid_forward(self, F, w):
         return dorefa_weights(F, w, self.precision)
-
-    def __repr__(self):
-        return f"{type(self).__name__}(bits={self.precision})"
 
 
 QUANTIZERS = {"det_sign": DetSign, "approx_sign": ApproxSign, "round": RoundActivation,
