@@ -40,6 +40,21 @@ def trained_like(net, shape, seed=0, rng=None, negative_scales=False):
     return net
 
 
+def forward_backward(block, x, hybridize, head_grad=None):
+    """``(output, input gradient)`` of ``block`` on numpy ``x`` (hybridized or not), with the
+    output gradient ``head_grad`` (default: ones)."""
+    import mxnet as mx
+
+    if hybridize:
+        block.hybridize()
+    data = mx.nd.array(x)
+    data.attach_grad()
+    with mx.autograd.record():
+        y = block(data)
+    y.backward(mx.nd.ones_like(y) if head_grad is None else mx.nd.array(head_grad))
+    return y.asnumpy(), data.grad.asnumpy()
+
+
 def numpy_pack(x):
     """Reference of the bit layout: (N, C, H, W) floats -> (N, H, W, ceil(C/32)) int32 words,
     bit c % 32 of word c // 32 is x >= 0 (NaN: 0). Conv weights OIHW pack to the op's

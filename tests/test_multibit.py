@@ -9,19 +9,9 @@ from bmxnet_ext import ConversionError, convert_to_xnor
 from bmxnet_ext.binary import quantizers
 from bmxnet_ext.binary.layers import (BinaryConvolution, QActivation, QConv2D, QDense,
                                       ScaledBinaryConvolution)
+from conftest import forward_backward
 
 BITS = [2, 3, 4, 8]
-
-
-def _forward_backward(block, x, hybridize, head_grad=None):
-    if hybridize:
-        block.hybridize()
-    data = mx.nd.array(x)
-    data.attach_grad()
-    with mx.autograd.record():
-        y = block(data)
-    y.backward(mx.nd.ones_like(y) if head_grad is None else mx.nd.array(head_grad))
-    return y.asnumpy(), data.grad.asnumpy()
 
 
 def numpy_round_activation(x, bits):
@@ -49,7 +39,7 @@ def _activations(seed=0):
 @pytest.mark.parametrize("bits", BITS)
 def test_round_activation_forward_and_straight_through_gradient(bits, hybridize):
     x = _activations(bits)
-    y, grad = _forward_backward(quantizers.RoundActivation(bits), x, hybridize)
+    y, grad = forward_backward(quantizers.RoundActivation(bits), x, hybridize)
     np.testing.assert_allclose(y, numpy_round_activation(x, bits), rtol=0, atol=1e-6)
     assert len(np.unique(y)) <= 2 ** bits
     np.testing.assert_array_equal(grad, ((x >= 0) & (x <= 1)).astype(np.float32))
@@ -59,7 +49,7 @@ def test_round_activation_forward_and_straight_through_gradient(bits, hybridize)
 @pytest.mark.parametrize("bits", BITS)
 def test_dorefa_weights_forward_and_gradient(bits, hybridize):
     w = np.random.RandomState(bits).normal(0, 0.7, (16, 4, 3, 3)).astype(np.float32)
-    y, grad = _forward_backward(quantizers.DoReFaWeights(bits), w, hybridize)
+    y, grad = forward_backward(quantizers.DoReFaWeights(bits), w, hybridize)
     expected, expected_grad = numpy_dorefa(w, bits)
     np.testing.assert_allclose(y, expected, rtol=0, atol=1e-6)
     assert y.min() >= -1 and y.max() <= 1 and len(np.unique(y)) <= 2 ** bits
@@ -134,7 +124,7 @@ def test_scaled_binary_convolution_against_numpy(strides, padding, hybridize):
     layer.initialize()
     w = layer.conv.weight.data().asnumpy()
     head = rng.uniform(-1, 1, layer(mx.nd.array(x)).shape).astype(np.float32)
-    y, grad = _forward_backward(layer, x, hybridize, head)
+    y, grad = forward_backward(layer, x, hybridize, head)
 
     # numpy: sign(x) padded with -1, conv with sign(W) * alpha, times K (average of mean|x|).
     s = np.pad(np.where(x >= 0, 1.0, -1.0), ((0, 0), (0, 0), (padding,) * 2, (padding,) * 2),

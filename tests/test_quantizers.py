@@ -5,6 +5,7 @@ import pytest
 
 from bmxnet_ext.binary import quantizers
 from bmxnet_ext.binary.layers import QActivation
+from conftest import forward_backward
 
 SPECIAL = np.array([0.0, -0.0, np.nan, np.inf, -np.inf, 1e-38, -1e-38, 1e-45, -1e-45],
                    dtype=np.float32)
@@ -15,17 +16,6 @@ def _inputs(seed=0):
     x = rng.uniform(-2.5, 2.5, size=200).astype(np.float32)
     boundaries = np.array([-1.3, 1.3, -1.0, 1.0, -0.5, 0.5], dtype=np.float32)
     return np.concatenate([x, boundaries, SPECIAL])
-
-
-def _forward_backward(block, x, hybridize):
-    if hybridize:
-        block.hybridize()
-    data = mx.nd.array(x)
-    data.attach_grad()
-    with mx.autograd.record():
-        y = block(data)
-    y.backward(mx.nd.ones_like(y))
-    return y.asnumpy(), data.grad.asnumpy()
 
 
 def numpy_sign(x):
@@ -41,7 +31,7 @@ def test_sign_convention_zero_is_plus_one_and_nan_is_minus_one():
 @pytest.mark.parametrize("clip_threshold", [0.5, 1.0, 1.3, None])
 def test_det_sign_matches_numpy_pseudo_gradient(clip_threshold, hybridize):
     x = _inputs()
-    y, grad = _forward_backward(quantizers.DetSign(clip_threshold), x, hybridize)
+    y, grad = forward_backward(quantizers.DetSign(clip_threshold), x, hybridize)
     np.testing.assert_array_equal(y, numpy_sign(x))
     if clip_threshold is None:  # identity gradient for every finite value
         expected = np.isfinite(x).astype(np.float32)
@@ -54,7 +44,7 @@ def test_det_sign_matches_numpy_pseudo_gradient(clip_threshold, hybridize):
 @pytest.mark.parametrize("hybridize", [False, True])
 def test_approx_sign_matches_numpy_pseudo_gradient(hybridize):
     x = _inputs(1)
-    y, grad = _forward_backward(quantizers.ApproxSign(), x, hybridize)
+    y, grad = forward_backward(quantizers.ApproxSign(), x, hybridize)
     np.testing.assert_array_equal(y, numpy_sign(x))
     with np.errstate(invalid="ignore"):
         inside = np.abs(x) <= 1
@@ -97,7 +87,7 @@ def test_det_sign_rejects_non_positive_threshold(bad):
 def test_qactivation_uses_its_threshold():
     act = QActivation("det_sign", clip_threshold=0.5)
     x = np.array([-0.7, -0.4, 0.4, 0.7], dtype=np.float32)
-    y, grad = _forward_backward(act, x, hybridize=False)
+    y, grad = forward_backward(act, x, hybridize=False)
     np.testing.assert_array_equal(y, [-1, -1, 1, 1])
     np.testing.assert_array_equal(grad, [0, 1, 1, 0])
 
