@@ -11,11 +11,17 @@ repeats:
       network: copies of it, each with its own weights, timed together (as many as make ~5 ms,
       2 to 32, so that Python's call into the graph does not count against small layers);
   (b) end to end: float and packed zoo networks (packed as convert_to_xnor makes them, and with
-      fuse=True) and gluoncv's fp32 MobileNet v1 (1.0 / 0.75 / 0.5), all hybridized with static
-      memory, batch 1 and 8, 1 and 2 threads.
+      fuse=True; MeliusNet22 and the QuickNets by default) and gluoncv's fp32 MobileNet v1
+      (1.0 / 0.75 / 0.5), all hybridized with static memory, batch 1 and 8, 1 and 2 threads;
+      each fused network against its ideal (its binary and float MACs at the peak rates (a)
+      measured: our tile kernel's best layer and MXNet's best fp32 Convolution), and batch 8 per
+      image against batch 1;
+  (c) MeliusNet22 and QuickNet fused at batch 1 on 1 and 2 threads, idle and beside a process
+      spinning on one core, and on MXNet's threaded engine against NaiveEngine: interleaved
+      rounds, so that drift and neighbours hit every case alike.
 
-It writes ``results.md`` (Markdown tables, the targets of issue 5 included), ``results.json`` and
-``latency.png`` to ``--out``.
+It writes ``results.md`` (Markdown tables, the targets of issues 5, 11 and 13 included),
+``results.json`` and ``latency.png`` to ``--out``.
 
     python benchmarks/run.py                     # the full matrix (tens of minutes)
     python benchmarks/run.py --quick             # batch 1, 1 thread, best ISA, MeliusNet22
@@ -40,6 +46,8 @@ FLOAT_REFERENCES = ["mobilenet1.0", "mobilenet0.75", "mobilenet0.5"]
 ISAS = ["avx512", "avx2", "scalar"]
 GRAPH_MS = 5.0  # the layer measurements time graphs of about this length
 MAX_COPIES = 32
+DEFAULT_MODELS = ["meliusnet22", "quicknet_small", "quicknet", "quicknet_large"]
+COMPARED = ["meliusnet22", "quicknet"]  # also timed beside a busy core and on NaiveEngine
 
 
 # ----------------------------------------------------------------------------- worker side
@@ -155,8 +163,9 @@ def work_layers(kind, batch, threads, repeats):
     return {"rows": rows, "kernel": kernels.kernel_name() if kind == "binary" else "oneDNN fp32"}
 
 
-def work_e2e(model, batch, threads, repeats):
-    """Median/min ms of a forward pass of each form of `model` (float; packed, fused)."""
+def work_e2e(model, batch, threads, repeats, forms=("float", "packed", "fused")):
+    """Median/min ms of a forward pass of each of `forms` of `model` (float; packed, fused), and
+    for our networks their binary and float multiply-accumulates per image (``summary``)."""
     import mxnet as mx
 
     import bmxnet_ext
@@ -164,6 +173,7 @@ def work_e2e(model, batch, threads, repeats):
 
     shape = (batch, 3, 224, 224)
     x = mx.nd.array(np.random.RandomState(0).standard_normal(shape).astype(np.float32))
+    result = {"kernel": kernels.kernel_name()}
     if model in FLOAT_REFERENCES:
         from gluoncv.model_zoo import get_model as gluoncv_model
         nets = {"float": gluoncv_model(model, pretrained=False)}
@@ -172,11 +182,16 @@ def work_e2e(model, batch, threads, repeats):
         from bmxnet_ext.model_zoo import get_model
         net = get_model(model)
         net.initialize(mx.init.Xavier(magnitude=2))
-        nets = {"float": net,
-                "packed": bmxnet_ext.convert_to_xnor(net, input_shape=(1, 3, 224, 224)),
-                "fused": bmxnet_ext.convert_to_xnor(net, input_shape=(1, 3, 224, 224),
-                                                    fuse=True)}
-    result = {"kernel": kernels.kernel_name()}
+        totals = bmxnet_ext.summary(net, (1, 3, 224, 224), print_table=False)
+        result["binary_macs"] = totals["bops"] + totals["fc_bops"]
+        result["float_macs"] = totals["flops"] + totals["fc_flops"]
+        nets = {}
+        if "float" in forms:
+            nets["float"] = net
+        for form in ("packed", "fused"):
+            if form in forms:
+                nets[form] = bmxnet_ext.convert_to_xnor(net, input_shape=(1, 3, 224, 224),
+                                                        fuse=form == "fused")
     for form, net in nets.items():
         net.hybridize(static_alloc=True, static_shape=True)
         result[form], result[form + "_min"] = _timed_ms(lambda: net(x).wait_to_read(), repeats)
@@ -193,8 +208,9 @@ def _worker(task):
 
 # ----------------------------------------------------------------------------- driver side
 
-def _run_worker(task, threads, isa=None):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MXNET_CPU_WORKER_NTHREADS="1")
+def _run_worker(task, threads, isa=None, env=None):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MXNET_CPU_WORKER_NTHREADS="1",
+               **(env or {}))
     if isa:
         env["BMXNET_ISA"] = isa
     out = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(task)],
@@ -202,6 +218,33 @@ def _run_worker(task, threads, isa=None):
     if out.returncode != 0:
         raise RuntimeError(f"benchmark worker {task} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _interleaved(cases, rounds, repeats):
+    """Fused batch-1 latency of each case ``(label, model, threads, env)``, the cases run in turn
+    ``rounds`` times (so that a drifting clock or neighbour load hits all of them alike): the
+    median over rounds of each run's median, per label."""
+    times = {label: [] for label, *_ in cases}
+    for _ in range(rounds):
+        for label, model, threads, env in cases:
+            result = _run_worker({"kind": "e2e", "model": model, "batch": 1, "threads": threads,
+                                  "repeats": repeats, "forms": ["fused"]}, threads, env=env)
+            times[label].append(result["fused"])
+    return {label: float(np.median(values)) for label, values in times.items()}
+
+
+class _BusyCore:
+    """A process spinning on one core for the duration of a ``with`` block: the neighbour that
+    a shared machine has."""
+
+    def __enter__(self):
+        self._process = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        self._process.kill()
+        self._process.wait()
 
 
 def _progress(items, desc):
@@ -220,7 +263,8 @@ def _machine():
         name = next(line.split(":", 1)[1].strip() for line in text.splitlines()
                     if line.startswith("model name"))
         flags = next(line for line in text.splitlines() if line.startswith("flags")).split()
-        simd = [f for f in ("avx2", "avx512f", "avx512_vpopcntdq") if f in flags]
+        simd = [f for f in ("fma", "avx2", "avx512f", "avx512bw", "avx512_vpopcntdq",
+                            "avx512_vnni", "amx_tile", "amx_int8") if f in flags]
         machine = f"{name}, {os.cpu_count()} cores ({', '.join(simd)})"
     except (OSError, StopIteration):
         pass
@@ -303,6 +347,85 @@ def _find(runs, **keys):
     return None
 
 
+def _peak_rates(float_runs, binary_runs):
+    """(binary, float) MACs per ms on one thread at batch 1: the fastest MeliusNet22 layer of our
+    tile kernel on the best ISA measured, and of MXNet's fp32 Convolution. None where not run."""
+    binary = next((run for run in binary_runs if run["batch"] == 1 and run["threads"] == 1),
+                  None)
+    floating = _find(float_runs, batch=1, threads=1)
+    if binary is None or floating is None:
+        return None
+
+    def best(run):
+        return max(r["macs"] / r["ms"] for r in run["result"]["rows"])
+    return best(binary), best(floating)
+
+
+def _ideal_ms(run, rates):
+    """A network's time if every binary MAC ran at our kernel's peak and every float MAC at MXNet's
+    best fp32 convolution rate, on all threads with no overhead."""
+    binary_rate, float_rate = rates
+    result = run["result"]
+    return ((result["binary_macs"] / binary_rate + result["float_macs"] / float_rate)
+            * run["batch"] / run["threads"])
+
+
+def _ideal_table(e2e_runs, rates):
+    lines = ["| network | batch | threads | binary MACs | float MACs | ideal (ms) | fused (ms) "
+             "| fused / ideal |", "|---|---|---|---|---|---|---|---|"]
+    for run in e2e_runs:
+        if "fused" not in run["result"]:
+            continue
+        r, ideal = run["result"], _ideal_ms(run, rates)
+        lines.append(f"| {run['model']} | {run['batch']} | {run['threads']} | "
+                     f"{r['binary_macs'] / 1e9:.2f}e9 | {r['float_macs'] / 1e6:.0f}e6 | "
+                     f"{ideal:.2f} | {r['fused']:.2f} | {r['fused'] / ideal:.2f} |")
+    return lines
+
+
+def _per_image_ratios(e2e_runs, batch=8):
+    """(model, threads, batch-1 ms, batch-`batch` ms per image) of each fused network run at both."""
+    rows = []
+    for run in e2e_runs:
+        big = _find(e2e_runs, model=run["model"], batch=batch, threads=run["threads"])
+        if run["batch"] == 1 and big and "fused" in run["result"]:
+            rows.append((run["model"], run["threads"], run["result"]["fused"],
+                         big["result"]["fused"] / batch))
+    return rows
+
+
+def _per_image_table(e2e_runs):
+    lines = ["| network | threads | batch 1 (ms) | batch 8, per image (ms) | ratio |",
+             "|---|---|---|---|---|"]
+    lines += [f"| {m} | {t} | {one:.2f} | {eight:.2f} | {eight / one:.2f} |"
+              for m, t, one, eight in _per_image_ratios(e2e_runs)]
+    return lines
+
+
+def _contention_table(contention, threads):
+    """Rows per model: each thread count idle and beside a busy core, interleaved runs."""
+    lines = ["| network | " + " | ".join(f"{t} thread(s), {load}" for load in ("idle", "busy core")
+                                          for t in threads)
+             + f" | {threads[-1]} vs {threads[0]} threads, busy core |",
+             "|" + "---|" * (2 + 2 * len(threads))]
+    for model, times in contention.items():
+        cells = [f"{times[(load, t)]:.2f}" for load in ("idle", "busy") for t in threads]
+        ratio = times[("busy", threads[-1])] / times[("busy", threads[0])]
+        lines.append(f"| {model} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+    return lines
+
+
+def _engine_table(engines, threads):
+    lines = ["| network | threads | threaded engine (ms) | NaiveEngine (ms) | threaded / naive |",
+             "|---|---|---|---|---|"]
+    for model, times in engines.items():
+        for t in threads:
+            threaded, naive = times[("threaded", t)], times[("naive", t)]
+            lines.append(f"| {model} | {t} | {threaded:.2f} | {naive:.2f} | "
+                         f"{threaded / naive:.2f} |")
+    return lines
+
+
 def _targets(summaries, e2e_runs):
     """Issue 5's targets against this run: (target, measured, met) rows, where measured."""
     rows = []
@@ -318,17 +441,59 @@ def _targets(summaries, e2e_runs):
             rows.append((f"binary layers summed vs fp32 Convolution, batch {batch}, 1 thread: "
                          f">= {bound}x", f"{s['speedup']:.1f}x", s["speedup"] >= bound))
     m22 = _find(e2e_runs, model="meliusnet22", batch=1, threads=2)
-    if m22 and "fused" in m22["result"]:
+    if m22 and "fused" in m22["result"] and "float" in m22["result"]:
         fused, float_ms = m22["result"]["fused"], m22["result"]["float"]
         rows.append(("end to end, batch 1, 2 threads: packed MeliusNet22 >= 8x faster than float",
                      f"{float_ms / fused:.1f}x ({fused:.2f} vs {float_ms:.2f} ms)",
                      float_ms / fused >= 8))
-        for name, label in (("mobilenet1.0", "target"), ("mobilenet0.5", "goal")):
-            ref = _find(e2e_runs, model=name, batch=1, threads=2)
-            if ref:
-                rows.append((f"{label}: faster than MobileNet v1 {name[9:]} (batch 1, 2 threads)",
-                             f"{fused:.2f} vs {ref['result']['float']:.2f} ms",
-                             fused < ref["result"]["float"]))
+    return rows
+
+
+def _speed_targets(e2e_runs, rates, contention, engines):
+    """Issues 11 and 13's targets against this run: (target, measured, met) rows, where
+    measured."""
+    rows = []
+
+    def fused(model, threads, batch=1):
+        run = _find(e2e_runs, model=model, batch=batch, threads=threads)
+        return run["result"].get("fused") if run else None
+
+    def mobilenet(name, threads):
+        run = _find(e2e_runs, model=name, batch=1, threads=threads)
+        return run["result"]["float"] if run else None
+
+    for threads in (1, 2):
+        run = _find(e2e_runs, model="meliusnet22", batch=1, threads=threads)
+        if rates and run and "fused" in run["result"]:
+            ratio = run["result"]["fused"] / _ideal_ms(run, rates)
+            rows.append((f"MeliusNet22 fused, batch 1, {threads} thread(s): <= 1.4x the ideal",
+                         f"{ratio:.2f}x", ratio <= 1.4))
+    for model, threads, one, eight in _per_image_ratios(e2e_runs):
+        if model == "meliusnet22":
+            rows.append((f"MeliusNet22 fused, {threads} thread(s): batch 8 per image <= 0.9x "
+                         "batch 1", f"{eight / one:.2f}x ({eight:.2f} vs {one:.2f} ms)",
+                         eight / one <= 0.9))
+    for model, times in contention.items():
+        ratio = times[("busy", 2)] / times[("busy", 1)]
+        rows.append((f"{model} fused, batch 1, one core busy: 2 threads <= 1.15x 1 thread",
+                     f"{ratio:.2f}x ({times[('busy', 2)]:.2f} vs {times[('busy', 1)]:.2f} ms)",
+                     ratio <= 1.15))
+    for model, times in engines.items():
+        for threads in sorted({t for _, t in times}):
+            ratio = times[("threaded", threads)] / times[("naive", threads)]
+            rows.append((f"{model} fused, batch 1, {threads} thread(s): threaded engine within "
+                         "10% of NaiveEngine", f"{ratio:.2f}x", ratio <= 1.1))
+    for model, reference, bound in (("quicknet", "mobilenet0.5", 1.0),
+                                    ("quicknet_small", "mobilenet0.5", 1.3),
+                                    ("meliusnet22", "mobilenet1.0", 1.0),
+                                    ("meliusnet22", "mobilenet0.5", 1.0)):
+        for threads in (1, 2):
+            ours, theirs = fused(model, threads), mobilenet(reference, threads)
+            if ours and theirs:
+                rows.append((f"{model} fused, batch 1, {threads} thread(s): >= {bound:g}x as "
+                             f"fast as fp32 MobileNet v1 {reference[9:]}",
+                             f"{theirs / ours:.2f}x ({ours:.2f} vs {theirs:.2f} ms)",
+                             theirs / ours >= bound))
     return rows
 
 
@@ -380,8 +545,10 @@ def main(argv=None):
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--isas", nargs="+", default=ISAS, choices=ISAS)
-    parser.add_argument("--models", nargs="+",
-                        default=["meliusnet22", "meliusnet29", "meliusnet_a", "meliusnet_c"])
+    parser.add_argument("--models", nargs="+", help="zoo networks timed end to end (default: "
+                        f"{', '.join(DEFAULT_MODELS)}, those registered)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of the busy-core and engine comparisons")
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement")
     parser.add_argument("--quick", action="store_true",
                         help="batch 1, 1 thread, the best ISA, MeliusNet22 and the MobileNets")
@@ -393,7 +560,10 @@ def main(argv=None):
         return 0
 
     from bmxnet_ext.inference import _kernels
+    from bmxnet_ext.model_zoo import list_models
     supported = [isa for isa in args.isas if isa in _kernels.supported_isas()]
+    if args.models is None:
+        args.models = [m for m in DEFAULT_MODELS if m in list_models()]
     if args.quick:
         args.batches, args.threads, args.models = [1], [1], ["meliusnet22"]
         supported = supported[:1]
@@ -415,25 +585,61 @@ def main(argv=None):
                  "result": _run_worker({"kind": "e2e", "model": m, "batch": b, "threads": t,
                                         "repeats": args.repeats}, t)}
                 for m, b, t in _progress(e2e_tasks, "end to end")]
+    compared = [m for m in COMPARED if m in args.models] if len(args.threads) > 1 else []
+    contention, engines = {}, {}
+    naive = {"MXNET_ENGINE_TYPE": "NaiveEngine"}
+    for model in _progress(compared, "busy core, engines"):
+        idle = _interleaved([(t, model, t, None) for t in args.threads], args.rounds,
+                            args.repeats)
+        with _BusyCore():
+            busy = _interleaved([(t, model, t, None) for t in args.threads], args.rounds,
+                                args.repeats)
+        contention[model] = {**{("idle", t): ms for t, ms in idle.items()},
+                             **{("busy", t): ms for t, ms in busy.items()}}
+        both = _interleaved([(("naive", t), model, t, naive) for t in args.threads]
+                            + [(("threaded", t), model, t, None) for t in args.threads],
+                            args.rounds, args.repeats)
+        engines[model] = both
 
     summaries = _summaries(float_runs, binary_runs, clock_hz)
+    rates = _peak_rates(float_runs, binary_runs)
     first = binary_runs[0]
     lines = [f"Machine: {_machine()}. Clock: {proc_mhz or float('nan'):.0f} MHz in "
              f"/proc/cpuinfo, {measured_mhz:.0f} MHz measured; cycles counted at "
              f"{clock_hz / 1e6:.0f} MHz. Medians of {args.repeats} runs after warm-up, "
              f"{_engine()}.", "",
-             "### Targets (issue 5)", "", "| target | measured | met |", "|---|---|---|"]
+             "### Targets", "", "| target | measured | met |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {'yes' if ok else 'no'} |" for t, m, ok in
-              _targets(summaries, e2e_runs)]
+              _speed_targets(e2e_runs, rates, contention, engines)
+              + _targets(summaries, e2e_runs)]
+    lines += ["", "### End to end (224x224, hybridized, static memory)", "",
+              "packed: `convert_to_xnor(net)`; fused: `convert_to_xnor(net, fuse=True)` "
+              f"(kernels: {e2e_runs[0]['result']['kernel']}).", ""] + _e2e_table(e2e_runs)
+    if rates:
+        binary_rate, float_rate = rates
+        lines += ["", "### Fused networks against their ideal", "",
+                  "Ideal: every binary MAC at the best rate our kernel reached on a MeliusNet22 "
+                  f"layer in this run ({binary_rate * 1000 / clock_hz:.0f} binary MACs/cycle, "
+                  f"{first['isa']}, 1 thread) and every float MAC at MXNet's best fp32 "
+                  f"Convolution rate on those shapes ({float_rate * 1000 / clock_hz:.1f} "
+                  "MACs/cycle), divided over the threads with no overhead.", ""]
+        lines += _ideal_table(e2e_runs, rates)
+    if _per_image_ratios(e2e_runs):
+        lines += ["", "### Batch 8 per image against batch 1 (fused)", ""]
+        lines += _per_image_table(e2e_runs)
+    if contention:
+        lines += ["", "### Beside a busy core (fused, batch 1)", "",
+                  f"A process spinning on one core; {args.rounds} interleaved rounds, the median "
+                  "of the runs' medians.", ""] + _contention_table(contention, args.threads)
+        lines += ["", "### MXNet's threaded engine against NaiveEngine (fused, batch 1)", "",
+                  f"{args.rounds} interleaved rounds, the median of the runs' medians.", ""]
+        lines += _engine_table(engines, args.threads)
     lines += ["", "### MeliusNet22 binary layers (224x224): bmx_binary_conv2d vs fp32 "
               "Convolution, summed over the 34 layers", ""] + _layer_table(summaries)
     lines += ["", f"Per layer, {first['isa']}, batch {first['batch']}, {first['threads']} "
               "thread(s):", ""]
     lines += _per_layer_table(first, _find(float_runs, batch=first["batch"],
                                            threads=first["threads"]), clock_hz)
-    lines += ["", "### End to end (224x224, hybridized, static memory)", "",
-              "packed: `convert_to_xnor(net)`; fused: `convert_to_xnor(net, fuse=True)` "
-              f"(kernels: {e2e_runs[0]['result']['kernel']}).", ""] + _e2e_table(e2e_runs)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -441,7 +647,12 @@ def main(argv=None):
         json.dump({"machine": _machine(), "cpu_mhz_proc": proc_mhz,
                    "cpu_mhz_measured": measured_mhz, "repeats": args.repeats,
                    "layer_summaries": summaries, "float_layers": float_runs,
-                   "binary_layers": binary_runs, "end_to_end": e2e_runs}, f, indent=2)
+                   "binary_layers": binary_runs, "end_to_end": e2e_runs,
+                   "peak_macs_per_ms": rates,
+                   "busy_core": {m: [[k[0], k[1], v] for k, v in t.items()]
+                                 for m, t in contention.items()},
+                   "engines": {m: [[k[0], k[1], v] for k, v in t.items()]
+                               for m, t in engines.items()}}, f, indent=2)
     _chart(summaries, e2e_runs, os.path.join(args.out, "latency.png"))
     print("\n".join(lines))
     print(f"\nwrote {args.out}/results.md, results.json and latency.png")
