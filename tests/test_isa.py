@@ -11,6 +11,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
+import mxnet as mx
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -119,6 +120,33 @@ def test_random_geometry_equals_scalar_path(isa_name, n, group_in, groups, c_out
 def test_set_isa_rejects_unknown_names(name):
     with pytest.raises(ValueError, match="isa must be one of"):
         K.set_isa(name)
+    with pytest.raises(ValueError, match="isa must be one of"):
+        bmxnet_ext.kernels.set_isa(name)
+
+
+@pytest.mark.parametrize("name", K.ISAS)
+def test_public_isa_control_moves_the_ops_and_the_bindings_together(name):
+    """bmxnet_ext.kernels.use_isa switches the bmx_* operators (their own copy of the kernels) and
+    the numpy bindings alike, the op's output follows on the new path, and the block restores
+    the path that was active before it."""
+    if name not in K.supported_isas():
+        pytest.skip(f"this CPU cannot run the {name} kernels")
+    library = bmxnet_ext.ops.native()
+    before = bmxnet_ext.kernels.active_isa()
+    rng = np.random.RandomState(0)
+    x = rng.standard_normal((2, 100, 9, 11)).astype(np.float32)
+    packed = K.pack_conv_weights(rng.standard_normal((70, 50, 3, 3)).astype(np.float32), 2)
+    geometry = dict(stride=(1, 1), pad=(1, 1), dilate=(1, 1), groups=2)
+    expected = _on_scalar(lambda: K.binary_conv2d(x, packed, **geometry))
+    with bmxnet_ext.kernels.use_isa(name) as active:
+        assert active == name == K.active_isa_name()
+        assert library.bmx_kernel_name().decode() in np.atleast_1d(KERNEL_NAMES[name])
+        got = mx.nd.bmx_binary_conv2d(mx.nd.array(x), mx.nd.array(packed, dtype="int32"),
+                                      kernel=(3, 3), num_filter=70, in_channels=100, pad=(1, 1),
+                                      num_group=2)
+        np.testing.assert_array_equal(got.asnumpy(), expected)
+    assert bmxnet_ext.kernels.active_isa() == before
+    assert library.bmx_kernel_name().decode() == K.kernel_name()
 
 
 # --- BMXNET_ISA for a whole process, the op library included -------------------------------------

@@ -6,17 +6,57 @@
   of the binary convolution and the convolution itself.
 - ``pack_dense_weights(w)`` / ``binary_dense(x, packed, ...)``: the same for fully connected.
 - ``kernel_name()``: which popcount kernel this CPU runs.
+- ``ISAS``, ``supported_isas()``, ``active_isa()``, ``set_isa(name)``, ``use_isa(name)``: the
+  instruction-set path of every kernel in the process (these bindings and the ``bmx_*``
+  operators), chosen at start-up from the CPU and the environment variable ``BMXNET_ISA``.
 
 They run the same C++ as the ``bmx_*`` operators, so the converter and the ops share one
 implementation of the bit layout.
 """
+import contextlib
+
 try:
-    from ._kernels import (binary_conv2d, binary_dense, kernel_name, pack_bits,
-                           pack_conv_weights, pack_dense_weights, unpack_bits)
+    from . import _kernels
+    from ._kernels import (ISAS, binary_conv2d, binary_dense, kernel_name, pack_bits,
+                           pack_conv_weights, pack_dense_weights, supported_isas, unpack_bits)
 except ImportError as err:  # pragma: no cover - only in a broken install
     raise ImportError(
         "bmxnet_ext's compiled kernels (bmxnet_ext._kernels) are missing: rebuild the package "
         "with `pip install .` (or `pip install -e .`) from its source tree") from err
+from . import ops
 
 __all__ = ["pack_bits", "unpack_bits", "pack_conv_weights", "binary_conv2d",
-           "pack_dense_weights", "binary_dense", "kernel_name"]
+           "pack_dense_weights", "binary_dense", "kernel_name", "ISAS", "supported_isas",
+           "active_isa", "set_isa", "use_isa"]
+
+
+def active_isa():
+    """The instruction-set path the kernels run on: ``"scalar"``, ``"avx2"`` or ``"avx512"``."""
+    return _kernels.active_isa_name()
+
+
+def set_isa(name):
+    """Makes every kernel of this process, the ``bmx_*`` operators included, use the path
+    ``name`` (one of ``ISAS``) from the next call on; returns the previous path.
+
+    A path this CPU lacks falls back to the best one below it, with one warning on stderr
+    (``supported_isas()`` lists what the CPU runs). All paths compute the same results; this is
+    for measuring them and for testing. Networks already running finish on their path.
+    """
+    if name not in ISAS:
+        raise ValueError(f"isa must be one of {', '.join(ISAS)}; got {name!r}")
+    previous = _kernels.set_isa(name)
+    library = ops.native()
+    if library is not None:
+        library.bmx_set_isa(name.encode())
+    return previous
+
+
+@contextlib.contextmanager
+def use_isa(name):
+    """``with use_isa("avx2"): ...`` runs the block on that path, then restores the previous."""
+    previous = set_isa(name)
+    try:
+        yield active_isa()
+    finally:
+        set_isa(previous)

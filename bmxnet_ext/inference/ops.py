@@ -9,13 +9,14 @@ reason is kept, :func:`available` says False, and every use of an op raises
 The environment variable ``BMXNET_OPS_LIBRARY`` names another build of the library to load
 instead of the installed one (the sanitizer job loads an AddressSanitizer build this way).
 """
+import ctypes
 import os
 import threading
 
 import mxnet as mx
 
 __all__ = ["LIBRARY_PATH", "OpsLibraryError", "load_library", "available", "require",
-           "sign_pack"]
+           "sign_pack", "native"]
 
 INSTALLED_LIBRARY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "libbmxnet_ops.so")
 LIBRARY_PATH = os.environ.get("BMXNET_OPS_LIBRARY") or INSTALLED_LIBRARY
@@ -77,3 +78,15 @@ def sign_pack(data):
     """
     require()
     return mx.nd.bmx_sign_pack(data)
+
+
+def native():
+    """The loaded op library as a ``ctypes.CDLL`` (its plain C entry points: ``bmx_set_isa``,
+    ``bmx_kernel_name``), or None when it is not loaded."""
+    if not _state["loaded"]:
+        return None
+    lib = ctypes.CDLL(os.path.abspath(LIBRARY_PATH))  # the handle MXNet opened, not a new copy
+    lib.bmx_set_isa.restype = ctypes.c_char_p
+    lib.bmx_set_isa.argtypes = [ctypes.c_char_p]
+    lib.bmx_kernel_name.restype = ctypes.c_char_p
+    return lib
