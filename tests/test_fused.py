@@ -147,9 +147,12 @@ def test_fused_meliusnet22_has_one_operator_per_stage_and_transition():
     stages = _blocks(fused, packed.XnorBinaryStage)
     assert [stage._units for stage in stages] == ["di" * 4, "di" * 5, "di" * 4, "di" * 4]
     assert [stage.out_channels for stage in stages] == [320, 480, 480, 512]
-    # the stem's tail and the three transitions' heads; the head's BatchNorm stays
-    assert len(_blocks(fused, packed.NormReluPool)) == 4
-    assert len(_blocks(fused, nn.BatchNorm)) == 1 + 2  # head + the stem's first two
+    # the stem's two BatchNorm -> ReLU pairs (1x1 windows), its tail and the three transitions'
+    # heads; the head's BatchNorm stays
+    norm_pools = _blocks(fused, packed.NormReluPool)
+    assert ([block._attrs["kernel"] for block in norm_pools]
+            == [(1, 1)] * 2 + [(3, 3)] + [(2, 2)] * 3)
+    assert len(_blocks(fused, nn.BatchNorm)) == 1
     x = mx.nd.array(np.random.RandomState(6).standard_normal((1, 3, 64, 64)).astype(np.float32))
     expected = convert_to_xnor(net, input_shape=(1, 3, 64, 64))(x).asnumpy()
     np.testing.assert_allclose(fused(x).asnumpy(), expected, rtol=1e-5,
@@ -348,6 +351,7 @@ NORM_POOLS = {
     "stem-tail": dict(shape=(1, 16, 15, 17), kernel=3, stride=2, pad=1),
     "fixed-gamma": dict(shape=(1, 8, 9, 9), kernel=3, stride=1, pad=1, fix_gamma=True),
     "epsilon": dict(shape=(3, 5, 8, 6), kernel=(2, 3), stride=(2, 1), pad=(1, 0), eps=0.25),
+    "norm-relu": dict(shape=(2, 24, 17, 9), kernel=1, stride=1, pad=0),  # the stem's pairs
 }
 
 

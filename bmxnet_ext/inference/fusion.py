@@ -18,8 +18,9 @@ spends most of its time:
   would put them. A :class:`~bmxnet_ext.binary.blocks.BinaryUnit` elsewhere becomes one
   ``bmx_binary_conv2d`` with thresholds.
 - **BatchNorm -> ReLU -> max pooling in one pass** (:class:`NormReluPool`, the stem's tail and
-  the transitions' head): the same float values as MXNet's three operators on a plain NCHW
-  input, checked on a probe before it replaces them.
+  the transitions' head; BatchNorm -> ReLU alone, as in the stem, is the same operator with a
+  1x1 window): the same float values as MXNet's operators on a plain NCHW input, checked on a
+  probe before it replaces them.
 """
 import warnings
 from collections import OrderedDict
@@ -207,14 +208,16 @@ def _fused_unit(unit):
 
 def _replace_runs(sequential):
     """Replaces runs of dense / improvement blocks of a HybridSequential by stages, and
-    BatchNorm, ReLU and max pooling next to each other by a NormReluPool."""
+    BatchNorm, ReLU and max pooling (or BatchNorm and ReLU) next to each other by a
+    NormReluPool."""
     children = list(sequential._children.values())
     merged, fused, i = [], 0, 0
     while i < len(children):
-        norm_pool = NormReluPool.from_layers(children[i:i + 3])
-        if norm_pool is not None:
-            merged.append(norm_pool)
-            i += 3
+        width = next((n for n in (3, 2)
+                      if NormReluPool.from_layers(children[i:i + n]) is not None), None)
+        if width is not None:
+            merged.append(NormReluPool.from_layers(children[i:i + width]))
+            i += width
             continue
         j = i
         while j < len(children) and _stageable(children[j]):

@@ -200,17 +200,19 @@ class NormReluPool(HybridBlock):
     @classmethod
     def from_layers(cls, layers):
         """The fused form of ``[BatchNorm, MaxPool2D, relu]`` or ``[BatchNorm, relu, MaxPool2D]``
-        (in that order in a HybridSequential), or None when they are something else or the fused
-        operator does not reproduce them exactly on a probe."""
-        if len(layers) != 3 or not isinstance(layers[0], nn.BatchNorm):
+        (in that order in a HybridSequential), or of ``[BatchNorm, relu]`` (a 1x1 window), or None
+        when they are something else or the fused operator does not reproduce them exactly on a
+        probe."""
+        if len(layers) not in (2, 3) or not isinstance(layers[0], nn.BatchNorm):
             return None
         norm, pools = layers[0], [b for b in layers[1:] if isinstance(b, nn.MaxPool2D)]
         relus = [b for b in layers[1:] if isinstance(b, nn.Activation)
                  and b._act_type == "relu"]
-        if (len(pools) != 1 or len(relus) != 1 or norm._kwargs.get("axis", 1) != 1
-                or norm.fuse_relu):
+        if (len(pools) != len(layers) - 2 or len(relus) != 1
+                or norm._kwargs.get("axis", 1) != 1 or norm.fuse_relu):
             return None
-        pool = pools[0]._kwargs
+        pool = pools[0]._kwargs if pools else {"kernel": (1, 1), "stride": (1, 1),
+                                                "pad": (0, 0), "pool_type": "max"}
         if (pool.get("pool_type") != "max" or pool.get("global_pool")
                 or pool.get("pooling_convention", "valid") != "valid"
                 or pool.get("layout", "NCHW") not in ("NCHW", None)
@@ -224,7 +226,7 @@ class NormReluPool(HybridBlock):
         for layer in layers:
             expected = layer(expected)
         if not np.array_equal(block(probe).asnumpy(), expected.asnumpy()):
-            warnings.warn(f"{norm.name}: the fused BatchNorm -> ReLU -> max pooling does not "
+            warnings.warn(f"{norm.name}: the fused BatchNorm -> ReLU (-> max pooling) does not "
                           "reproduce MXNet's operators; keeping them", stacklevel=3)
             return None
         return block
