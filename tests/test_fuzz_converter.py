@@ -160,6 +160,7 @@ ZOO = {
     "meliusnet_flex": dict(blocks=(1, 1, 1, 1)),
     "binary_densenet_flex": dict(blocks=(1, 1, 1, 1), reductions=(1 / 2, 1 / 2, 1 / 2)),
     "resnet_e18": {},
+    "quicknet_flex": dict(blocks=(1, 1, 1, 1)),
 }
 
 

@@ -101,7 +101,8 @@ def test_inputs_too_small_for_the_network_name_the_smallest(argv, message, tmp_p
 
 SMALLEST = [("meliusnet22", "thumbnail", 8), ("meliusnet22", "grouped_stem", 29),
             ("meliusnet_a", "imagenet", 29), ("binary_densenet28", "imagenet", 29),
-            ("resnet_e18", "thumbnail", 5), ("resnet_e18", "imagenet", 17)]
+            ("resnet_e18", "thumbnail", 5), ("resnet_e18", "imagenet", 17),
+            ("quicknet", "thumbnail", 8), ("quicknet_small", "quicknet", 29)]
 
 
 @pytest.mark.parametrize("name,stem,smallest", SMALLEST)

@@ -62,8 +62,8 @@ def test_an_unknown_name_with_nothing_close_lists_the_zoo():
 
 
 @pytest.mark.parametrize("pattern,count", [
-    (None, 14), ("meliusnet*", 8), ("meliusnet_?", 3), ("*_flex", 2), ("resnet_e*", 2),
-    ("vgg*", 0),
+    (None, 18), ("meliusnet*", 8), ("meliusnet_?", 3), ("*_flex", 3), ("resnet_e*", 2),
+    ("quicknet*", 4), ("vgg*", 0),
 ])
 def test_list_models_filters_by_pattern(pattern, count):
     names = list_models(pattern)
@@ -77,7 +77,7 @@ def test_cli_reports_an_unknown_model_in_one_line(capsys):
     assert "Traceback" not in err
 
 
-@pytest.mark.parametrize("name", ["meliusnet_flex", "binary_densenet_flex"])
+@pytest.mark.parametrize("name", ["meliusnet_flex", "binary_densenet_flex", "quicknet_flex"])
 def test_flex_constructors_have_no_pretrained_weights(name):
     with pytest.raises(ValueError, match=f"{name} has no pretrained weights"):
         get_model(name, pretrained=True)

@@ -59,7 +59,37 @@ PUBLISHED_RUNS = {
 PAPER_TOP1 = {"meliusnet59": 71.0}
 
 
+# larq-zoo's QuickNet tasks (larq/zoo larq_zoo/training/sota_experiments.py): epochs, global
+# batch, the binary weights' Adam learning rate; top-1 from larq_zoo/sota/quicknet.py's tables.
+LARQ_ZOO_TASKS = {
+    "TrainQuickNetSmall": dict(model="quicknet_small", epochs=600, batch=2048, lr=1e-2, top1=59.4),
+    "TrainQuickNet": dict(model="quicknet", epochs=600, batch=2048, lr=1e-2, top1=63.3),
+    "TrainQuickNetLarge": dict(model="quicknet_large", epochs=600, batch=2048, lr=1e-2,
+                               top1=66.9),
+}
+
+
 @pytest.mark.parametrize("name", sorted(recipe.RECIPES))
+def test_every_recipe_cites_a_published_run(name):
+    source = recipe.RECIPES[name].source
+    assert re.fullmatch(r"BMXNet-v2-wiki experiment/mnes/[0-9a-f]{32}/details\.md", source) or \
+        re.fullmatch(r"larq/zoo larq_zoo/training/sota_experiments\.py TrainQuickNet\w*", source)
+
+
+@pytest.mark.parametrize("task", sorted(LARQ_ZOO_TASKS))
+def test_quicknet_recipes_follow_larq_zoos_tasks(task):
+    run = LARQ_ZOO_TASKS[task]
+    r = recipe.get_recipe(run["model"])
+    assert r.source == f"larq/zoo larq_zoo/training/sota_experiments.py {task}"
+    assert (r.epochs, r.batch_per_device * r.devices, r.lr, r.top1) == (
+        run["epochs"], run["batch"], run["lr"], run["top1"])
+    # Keras' Adam defaults, no weight decay, cosine to 0 (larq-zoo's warm-up is not recorded)
+    assert (r.optimizer, r.optimizer_params, r.wd, r.schedule) == (
+        "adam", {"beta1": 0.9, "beta2": 0.999, "epsilon": 1e-7}, 0.0, "cosine")
+
+
+@pytest.mark.parametrize("name", sorted(n for n in recipe.RECIPES
+                                        if recipe.RECIPES[n].source.startswith("BMXNet")))
 def test_every_recipe_follows_the_run_it_cites(name):
     r = recipe.RECIPES[name]
     match = re.fullmatch(r"BMXNet-v2-wiki experiment/mnes/([0-9a-f]{32})/details\.md", r.source)

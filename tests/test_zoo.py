@@ -27,7 +27,8 @@ def test_the_zoo_holds_the_whole_family():
     assert MODELS == sorted([
         "binary_densenet28", "binary_densenet37", "binary_densenet45", "binary_densenet_flex",
         "meliusnet22", "meliusnet29", "meliusnet42", "meliusnet59", "meliusnet_a",
-        "meliusnet_b", "meliusnet_c", "meliusnet_flex", "resnet_e18", "resnet_e34"])
+        "meliusnet_b", "meliusnet_c", "meliusnet_flex", "quicknet", "quicknet_flex",
+        "quicknet_large", "quicknet_small", "resnet_e18", "resnet_e34"])
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -105,11 +106,24 @@ RESNET_E = {
     "resnet_e18": (4, 4, 4, 4),
     "resnet_e34": (6, 8, 12, 6),
 }
+# larq-zoo's section_blocks and section_filters (larq_zoo/sota/quicknet.py); the structure
+# itself is tested in test_quicknet.py.
+QUICKNET = {
+    "quicknet_small": ((4, 4, 4, 4), (32, 64, 256, 512)),
+    "quicknet": ((4, 4, 4, 4), (64, 128, 256, 512)),
+    "quicknet_large": ((6, 8, 12, 6), (64, 128, 256, 512)),
+}
 
 
 @pytest.mark.parametrize("name", [n for n in MODELS if not n.endswith("_flex")])
 def test_every_fixed_variant_has_a_structure_entry_here(name):
-    assert name in DENSE_FAMILY or name in RESNET_E
+    assert name in DENSE_FAMILY or name in RESNET_E or name in QUICKNET
+
+
+@pytest.mark.parametrize("name", sorted(QUICKNET))
+def test_quicknet_sections(name):
+    net = get_model(name)
+    assert (net.blocks, net.widths) == QUICKNET[name]
 
 
 def _expected_stages(blocks, transitions):

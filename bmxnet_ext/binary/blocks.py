@@ -33,7 +33,7 @@ from .layers import BinaryConvolution
 __all__ = ["BinaryUnit", "DenseBlock", "ImprovementBlock", "ChannelShuffle", "Transition",
            "Stem", "STEMS", "Head", "ResNetEBlock", "reduced_width", "resolve_stem",
            "check_input_size", "THUMBNAIL_MAX_INPUT", "FLOAT_ACTIVATION", "REDUCTION_RULES",
-           "transition_width"]
+           "transition_width", "run_in_plain_layout"]
 
 # The activation that turns binary units into their full-precision twins.
 FLOAT_ACTIVATION = "relu"
@@ -90,13 +90,14 @@ def transition_width(channels, reduction, rule="fraction"):
 
 
 def _convolution(channels, kernel_size, strides, padding, dilation, in_channels, activation,
-                 clip_threshold, bits=1, bits_a=1):
-    """A BinaryConvolution, or with ``activation="relu"`` its full-precision twin ReLU -> conv."""
+                 clip_threshold, bits=1, bits_a=1, offset=True, pad_value=None):
+    """A BinaryConvolution, or with ``activation="relu"`` its full-precision twin ReLU -> conv
+    (zero padding; ``offset`` and ``pad_value`` concern the binary form only)."""
     if activation != FLOAT_ACTIVATION:
         return BinaryConvolution(channels, kernel_size, strides=strides, padding=padding,
                                  dilation=dilation, in_channels=in_channels,
                                  activation=activation, clip_threshold=clip_threshold,
-                                 bits=bits, bits_a=bits_a)
+                                 offset=offset, pad_value=pad_value, bits=bits, bits_a=bits_a)
     twin = nn.HybridSequential(prefix="")
     twin.add(nn.Activation("relu"),
              nn.Conv2D(channels, kernel_size, strides=strides, padding=padding,
@@ -291,16 +292,23 @@ class Stem(nn.HybridSequential):
         return self._output_size(input_size)
 
     def hybrid_forward(self, F, x):
-        for layer in self._children.values():
-            x = layer(x)
-            if (isinstance(layer, nn.Conv2D) and layer._kwargs["num_group"] > 1
-                    and layer._in_channels // layer._kwargs["num_group"] < 8):
-                # MXNet 1.9.1's oneDNN gives a grouped convolution with 4 input channels per
-                # group an output memory format on which BatchNorm and pooling run ~25x slower
-                # (the grouped stem at 224x224: 77 ms instead of 4 ms on one core). A no-op
-                # reshape reorders it to plain NCHW; the values are untouched.
-                x = F.reshape(x, shape=(0, 0, 0, 0))
-        return x
+        return run_in_plain_layout(F, self._children.values(), x)
+
+
+def run_in_plain_layout(F, layers, x):
+    """Runs ``layers`` in sequence, reordering the output of each grouped convolution with few
+    input channels per group to plain NCHW.
+
+    MXNet 1.9.1's oneDNN gives a grouped convolution with 4 input channels per group an output
+    memory format on which BatchNorm and pooling run ~25x slower (the grouped stem at 224x224:
+    77 ms instead of 4 ms on one core). A no-op reshape reorders it; the values are untouched.
+    """
+    for layer in layers:
+        x = layer(x)
+        if (isinstance(layer, nn.Conv2D) and layer._kwargs["num_group"] > 1
+                and layer._in_channels // layer._kwargs["num_group"] < 8):
+            x = F.reshape(x, shape=(0, 0, 0, 0))
+    return x
 
 
 def _positive_int(value, name):
@@ -338,18 +346,22 @@ class Head(HybridBlock):
     """Full-precision classifier: norm -> ReLU -> global average pool -> Dense(classes) with bias.
 
     ``(N, in_channels, H, W)`` -> ``(N, classes)``; the classifier is ``self.output``.
+    ``norm_layer=None`` leaves the norm out (QuickNet's head: ReLU -> pool -> Dense).
     """
 
     def __init__(self, in_channels, classes, norm_layer=nn.BatchNorm, norm_kwargs=None, **kwargs):
         _positive_int(classes, "classes")
         super().__init__(**kwargs)
         with self.name_scope():
-            self.norm = _norm(norm_layer, norm_kwargs, in_channels)
+            self.norm = None if norm_layer is None else _norm(norm_layer, norm_kwargs,
+                                                              in_channels)
             self.pool = nn.GlobalAvgPool2D()
             self.output = nn.Dense(classes, in_units=in_channels)
 
     def hybrid_forward(self, F, x):
-        return self.output(self.pool(F.relu(self.norm(x))))
+        if self.norm is not None:
+            x = self.norm(x)
+        return self.output(self.pool(F.relu(x)))
 
 
 class ResNetEBlock(HybridBlock):
