@@ -19,7 +19,7 @@ from bmxnet_ext.inference import fusion, packed
 from bmxnet_ext.binary.blocks import BinaryUnit, DenseBlock, ImprovementBlock
 from bmxnet_ext.inference.converter import convert_to_xnor
 from bmxnet_ext.inference.packed import XnorConv2D
-from conftest import trained_like
+from conftest import conv_inputs, trained_like
 
 SHAPE = (2, 3, 32, 32)
 
@@ -398,3 +398,99 @@ def test_conv_op_rejects_bad_thresholds(sign, bias_shape, message):
                                 mx.nd.zeros((8, 3, 3, 1), dtype="int32"), mx.nd.array(sign),
                                 mx.nd.zeros(bias_shape), kernel=(3, 3), num_filter=8,
                                 in_channels=32, pad=(1, 1), thresholds=True).wait_to_read()
+
+
+# --- the binary convolution's epilogue: ReLU, BatchNorm, residual addition ------------------------
+
+def _pair(value):
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def _epilogue_case(case, seed=0):
+    """(data, packed weight, conv attributes, BatchNorm parameters) for a CONV_CASES case."""
+    x, w, geometry = conv_inputs(case, seed)
+    attrs = dict(kernel=(case["k"], case["k"]), num_filter=case["c_out"], in_channels=case["c"],
+                 stride=_pair(case["stride"]), pad=_pair(case["pad"]),
+                 dilate=_pair(case["dilate"]), num_group=case["groups"])
+    rng = np.random.RandomState(seed + 2)
+    c = case["c_out"]
+    norm = [mx.nd.array(v.astype(np.float32)) for v in (
+        rng.uniform(-2, 2, c), rng.uniform(-1, 1, c), rng.uniform(-3, 3, c),
+        rng.uniform(0.1, 4, c))]
+    return (mx.nd.array(x), mx.nd.array(K.pack_conv_weights(w, case["groups"]), dtype="int32"),
+            attrs, norm)
+
+
+EPILOGUES = {
+    "relu-norm": dict(post_relu=True, post_norm=True),
+    "norm": dict(post_norm=True, eps=0.25),
+    "relu": dict(post_relu=True),
+    "relu-norm-fixed-gamma": dict(post_relu=True, post_norm=True, fix_gamma=True),
+}
+
+
+def _composed(x, weight, attrs, norm, epilogue):
+    y = mx.nd.bmx_binary_conv2d(x, weight, **attrs)
+    if epilogue.get("post_relu"):
+        y = mx.nd.relu(y)
+    if epilogue.get("post_norm"):
+        y = mx.nd.BatchNorm(y, *norm, eps=epilogue.get("eps", 1e-5),
+                            fix_gamma=epilogue.get("fix_gamma", False))
+    return y
+
+
+@pytest.mark.parametrize("isa", K.ISAS)
+@pytest.mark.parametrize("case", ref.CONV_CASES)
+def test_conv_epilogue_equals_relu_and_batchnorm_after_the_op(isa, case):
+    """post_relu / post_norm give exactly MXNet's relu and BatchNorm applied to the op's output,
+    on every path and convolution case (zeros, -0 and NaN in the input)."""
+    if isa not in K.supported_isas():
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    x, weight, attrs, norm = _epilogue_case(case)
+    attrs = dict(attrs, offset=False, pad_value=1)
+    with bmxnet_ext.kernels.use_isa(isa):
+        for epilogue in EPILOGUES.values():
+            inputs = [x, weight] + (norm if epilogue.get("post_norm") else [])
+            got = mx.nd.bmx_binary_conv2d(*inputs, **attrs, **epilogue)
+            expected = _composed(x, weight, attrs, norm, epilogue)
+            np.testing.assert_array_equal(got.asnumpy(), expected.asnumpy())
+
+
+RESIDUAL_CASES = [
+    pytest.param(dict(ref.BASE_CONV, c_out=33), id="base"),
+    pytest.param(dict(ref.BASE_CONV, n=3, c=64, h=15, w=15, c_out=64), id="64x15x15-batch3"),
+    pytest.param(dict(ref.BASE_CONV, c=100, c_out=100, groups=4, h=5, w=11), id="grouped"),
+    pytest.param(dict(ref.BASE_CONV, c=70, c_out=70, h=9, w=9, k=5, pad=2), id="70-channels"),
+]
+
+
+@pytest.mark.parametrize("isa", K.ISAS)
+@pytest.mark.parametrize("case", RESIDUAL_CASES)
+@pytest.mark.parametrize("mode", [dict(offset=False), dict(offset=True)], ids=["dot", "offset"])
+def test_conv_residual_adds_the_input_after_the_epilogue(isa, case, mode):
+    if isa not in K.supported_isas():
+        pytest.skip(f"this CPU cannot run the {isa} kernels")
+    x, weight, attrs, norm = _epilogue_case(case, seed=3)
+    attrs = dict(attrs, pad_value=1, **mode)
+    with bmxnet_ext.kernels.use_isa(isa):
+        for epilogue in [{}] + list(EPILOGUES.values()):
+            inputs = [x, weight] + (norm if epilogue.get("post_norm") else [])
+            got = mx.nd.bmx_binary_conv2d(*inputs, residual=True, **attrs, **epilogue)
+            expected = x + _composed(x, weight, attrs, norm, epilogue)
+            np.testing.assert_array_equal(got.asnumpy(), expected.asnumpy())
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(num_filter=8), "residual=True adds the input to the output, but the output shape"),
+    (dict(stride=(2, 2)), "residual=True adds the input to the output, but the output shape"),
+    (dict(eps="nan"), "attribute eps='nan' must be a finite number >= 0"),
+])
+def test_conv_epilogue_refuses_bad_attributes(change, message):
+    case = dict(ref.BASE_CONV, c_out=33)
+    x, _, attrs, norm = _epilogue_case(case)
+    attrs = dict(attrs, **change)
+    weight = mx.nd.zeros((attrs["num_filter"], 3, 3, 2), dtype="int32")
+    norm = [mx.nd.ones(attrs["num_filter"])] * 4
+    with pytest.raises(mx.base.MXNetError, match=re.escape(message)):
+        mx.nd.bmx_binary_conv2d(x, weight, *norm, residual=True, post_norm=True,
+                                **attrs).wait_to_read()

@@ -15,7 +15,7 @@ from bmxnet_ext.binary.quicknet_blocks import (BlurPoolKernel, QuickNetBlock, Qu
                                                QuickNetTransition, same_padding)
 from bmxnet_ext.binary.summary import summary
 from bmxnet_ext.inference.converter import convert_to_xnor
-from bmxnet_ext.inference.packed import XnorConv2D
+from bmxnet_ext.inference.packed import XnorConv2D, XnorResidualUnit
 from bmxnet_ext.model_zoo import get_model
 from conftest import trained_like
 
@@ -262,14 +262,35 @@ def test_packed_quicknet_equals_the_training_network(converted):
     assert all((u._attrs["pad_value"], u._attrs["offset"]) == (1, False) for u in units)
 
 
-def test_fusion_leaves_quicknets_units_as_plain_packed_convolutions(converted):
-    """No BatchNorm precedes a QuickNet sign (it binarizes the residual sum), and no
-    BatchNorm -> ReLU -> max pool run exists: fuse=True gives the unfused network."""
+def test_fusion_runs_each_residual_block_as_one_operator(converted):
+    """``x + BN(relu(conv(x)))`` becomes one bmx_binary_conv2d with its epilogue
+    (XnorResidualUnit): the fused network equals the packed one bit for bit, and every fused unit
+    returns exactly what the packed block it replaced returns, on inputs with zeros, -0 and NaN."""
     _, packed, fused = converted
-    assert not any(u._attrs.get("thresholds") for u in _blocks(fused, XnorConv2D))
-    assert len(_blocks(fused, XnorConv2D)) == len(_blocks(packed, XnorConv2D))
+    units = _blocks(fused, XnorResidualUnit)
+    assert len(units) == 5 and not _blocks(fused, XnorConv2D)
     x = mx.nd.array(np.random.RandomState(2).standard_normal(SHAPE).astype(np.float32))
     np.testing.assert_array_equal(fused(x).asnumpy(), packed(x).asnumpy())
+    blocks = _blocks(packed, QuickNetBlock)
+    assert len(blocks) == len(units)
+    for i, (unit, block) in enumerate(zip(units, blocks)):
+        x = mx.nd.array(ref.random_floats((2, unit._attrs["in_channels"], 7, 9), i))
+        np.testing.assert_array_equal(unit(x).asnumpy(), block(x).asnumpy())
+    # the fused form keeps the BatchNorm's parameter names (an export reads the same)
+    names = set(fused.collect_params())
+    assert all(name in names for block in blocks for name in block.norm.collect_params())
+
+
+def test_a_residual_unit_that_does_not_reproduce_keeps_the_block(monkeypatch):
+    real = XnorResidualUnit.hybrid_forward
+    monkeypatch.setattr(XnorResidualUnit, "hybrid_forward",
+                        lambda self, F, x, **params: real(self, F, x, **params) + 1e-3)
+    net = trained_like(get_model("quicknet_flex", blocks=(1, 1, 1, 1), classes=10,
+                                 stem="quicknet", input_size=40), SHAPE)
+    with pytest.warns(UserWarning, match="residual addition in one operator does not reproduce"):
+        fused = convert_to_xnor(net, input_shape=SHAPE, fuse=True)
+    assert not _blocks(fused, XnorResidualUnit)
+    assert len(_blocks(fused, XnorConv2D)) == 4
 
 
 def test_cli_converts_untrained_quicknet_small_and_predicts(tmp_path, capsys):

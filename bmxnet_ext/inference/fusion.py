@@ -17,6 +17,10 @@ spends most of its time:
   convolution run in the stage's output buffer, its outputs written where the concat or the add
   would put them. A :class:`~bmxnet_ext.binary.blocks.BinaryUnit` elsewhere becomes one
   ``bmx_binary_conv2d`` with thresholds.
+- **QuickNet's residual block in one operator** (:class:`XnorResidualUnit`):
+  ``x + BatchNorm(ReLU(binary_conv(x)))`` as a ``bmx_binary_conv2d`` whose output write applies
+  the ReLU and the BatchNorm (the rounding of :class:`NormReluPool`) and adds ``x``; checked
+  bit for bit on a probe before it replaces the block.
 - **BatchNorm -> ReLU -> max pooling in one pass** (:class:`NormReluPool`, the stem's tail and
   the transitions' head; BatchNorm -> ReLU alone, as in the stem, is the same operator with a
   1x1 window): the same float values as MXNet's operators on a plain NCHW input, checked on a
@@ -31,9 +35,10 @@ from mxnet.gluon import nn
 
 from ..binary.blocks import BinaryUnit, DenseBlock, ImprovementBlock
 from ..binary.layers import BinaryConvolution
+from ..binary.quicknet_blocks import QuickNetBlock
 from ..utils.blocktree import replace_child
 from . import kernels
-from .packed import NormReluPool, XnorBinaryStage, XnorConv2D
+from .packed import NormReluPool, XnorBinaryStage, XnorConv2D, XnorResidualUnit
 
 __all__ = ["fold_batchnorm", "fuse_binary_units"]
 
@@ -206,6 +211,14 @@ def _fused_unit(unit):
     return None if fold is None else XnorConv2D.from_layer(unit.conv.conv, thresholds=fold)
 
 
+def _fused_residual(block):
+    """A QuickNet residual block as one bmx_binary_conv2d with its epilogue, or None."""
+    conv = block.conv
+    if not isinstance(conv, BinaryConvolution):
+        return None
+    return XnorResidualUnit.from_layers(XnorConv2D.from_layer(conv.conv), block.norm)
+
+
 def _replace_runs(sequential):
     """Replaces runs of dense / improvement blocks of a HybridSequential by stages, and
     BatchNorm, ReLU and max pooling (or BatchNorm and ReLU) next to each other by a
@@ -248,6 +261,8 @@ def fuse_binary_units(block):
             new = _stage_from_blocks([child], f"{child.prefix}xnorstage_")
         elif isinstance(child, BinaryUnit):
             new = _fused_unit(child)
+        elif isinstance(child, QuickNetBlock):
+            new = _fused_residual(child)
         if new is None:
             fused += fuse_binary_units(child)
             continue

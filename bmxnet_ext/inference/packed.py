@@ -10,7 +10,7 @@ from mxnet.gluon import HybridBlock, nn
 
 from . import kernels
 
-__all__ = ["XnorConv2D", "XnorDense", "XnorBinaryStage", "NormReluPool"]
+__all__ = ["XnorConv2D", "XnorDense", "XnorBinaryStage", "NormReluPool", "XnorResidualUnit"]
 
 # Node names of the packed operators carry this hint: MXNet names the failing node when it cannot
 # find an operator, so loading an exported packed model without `import bmxnet_ext` says what to do.
@@ -234,3 +234,51 @@ class NormReluPool(HybridBlock):
     def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
         return F.bmx_norm_relu_pool(x, gamma, beta, running_mean, running_var,
                                     name=OP_NODE_NAME, **self._attrs)
+
+
+class XnorResidualUnit(HybridBlock):
+    """``x + BatchNorm(ReLU(binary_conv(x)))`` (QuickNet's residual block) as one
+    ``bmx_binary_conv2d`` whose output write applies the ReLU and the BatchNorm and adds ``x``,
+    instead of three more passes over the output. Holds the packed convolution's parameters and
+    the BatchNorm's (same names as in the unfused export). Built by :meth:`from_layers`."""
+
+    def __init__(self, conv, norm, **kwargs):
+        super().__init__(prefix=conv.prefix, **kwargs)
+        self._attrs = dict(conv._attrs, post_relu=True, post_norm=True, residual=True,
+                           eps=norm._kwargs["eps"], fix_gamma=norm._kwargs["fix_gamma"])
+        self.params.update(conv.params)
+        self.params.update(norm.params)
+        self.packed_weight = conv.packed_weight
+        self.norm_gamma, self.norm_beta = norm.gamma, norm.beta
+        self.norm_mean, self.norm_var = norm.running_mean, norm.running_var
+
+    @classmethod
+    def from_layers(cls, conv, norm):
+        """The fused form of ``x + norm(relu(conv(x)))`` for a packed ``conv``
+        (:class:`XnorConv2D` without bias, scale or thresholds) and an ``nn.BatchNorm`` ``norm``,
+        or None when they are something else or the fused operator does not reproduce them
+        exactly on a probe."""
+        if (not isinstance(conv, XnorConv2D) or not isinstance(norm, nn.BatchNorm)
+                or conv.bias is not None or conv.scale is not None
+                or conv.threshold_sign is not None or norm._kwargs.get("axis", 1) != 1
+                or norm.fuse_relu):
+            return None
+        block = cls(conv, norm)
+        channels = conv._attrs["in_channels"]
+        probe = np.random.RandomState(0).standard_normal((2, channels, 9, 7)) * 2
+        probe = mx.nd.array(probe.astype(np.float32))
+        try:
+            got = block(probe).asnumpy()
+        except mx.base.MXNetError:  # the output's shape is not the input's: no residual form
+            return None
+        expected = probe + norm(mx.nd.relu(conv(probe)))
+        if not np.array_equal(got, expected.asnumpy()):
+            warnings.warn(f"{norm.name}: the binary convolution with its ReLU, BatchNorm and "
+                          "residual addition in one operator does not reproduce MXNet's "
+                          "operators; keeping them", stacklevel=3)
+            return None
+        return block
+
+    def hybrid_forward(self, F, x, packed_weight, norm_gamma, norm_beta, norm_mean, norm_var):
+        return F.bmx_binary_conv2d(x, packed_weight, norm_gamma, norm_beta, norm_mean, norm_var,
+                                   name=OP_NODE_NAME, **self._attrs)

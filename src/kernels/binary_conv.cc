@@ -115,7 +115,15 @@ void run_tiles(const IsaKernels& isa, const TileJob& job, int threads) {
     out.mode = job.mode;
     out.fan_in = p.fan_in();
     out.scale = job.scale == nullptr ? nullptr : job.scale + first;
-    out.accumulate = job.accumulate;
+    out.post = job.post;
+    if (out.post.scale != nullptr) {
+      out.post.mean += first;
+      out.post.scale += first;
+      out.post.beta += first;
+    }
+    out.addend = job.addend == nullptr
+                     ? nullptr
+                     : job.addend + (out.out - job.out);  // the same position in the addend
     isa.finish(out);
   });
 }
@@ -179,7 +187,8 @@ void binary_conv2d(const ConvInput& in, const uint32_t* weights, const ConvParam
   job.out_pixel_stride = 1;
   job.mode = out.mode;
   job.scale = out.scale;
-  job.accumulate = out.accumulate;
+  job.post = out.post;
+  job.addend = out.addend != nullptr ? out.addend : out.accumulate ? out.data : nullptr;
   const double macs = static_cast<double>(p.batch) * p.out_channels * p.out_h() * p.out_w() *
                       p.fan_in();
   const int64_t tiles = p.batch * p.groups * ((p.out_h() * p.plane_w() + isa.lanes - 1) /

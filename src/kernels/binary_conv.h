@@ -92,14 +92,18 @@ struct ConvInput {
 };
 
 // Where the output goes: image b, channel o, pixel (y, x) at
-// data[b * batch_stride + o * out_h * out_w + y * out_w + x], written or (accumulate) added to.
-// scale: float [out_channels], read only for kScaledDot.
+// data[b * batch_stride + o * out_h * out_w + y * out_w + x], written, or (accumulate) added to,
+// or (addend non-null) written as addend + value with addend laid out as data. scale: float
+// [out_channels], read only for kScaledDot. post: an epilogue on each value before the addition
+// (conv_isa.h), its pointers per output channel.
 struct ConvOutput {
   float* data = nullptr;
   int64_t batch_stride = 0;
   OutputMode mode = OutputMode::kAgreements;
   const float* scale = nullptr;
   bool accumulate = false;
+  const float* addend = nullptr;
+  PostOp post;
 };
 
 // What binary_conv2d (and binary_dense) derive from the geometry and from the weights, kept by a

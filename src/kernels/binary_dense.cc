@@ -59,7 +59,7 @@ void binary_dense(const float* x, const uint32_t* weights, int64_t batch, int64_
   job.out_pixel_stride = units;
   job.mode = mode;
   job.scale = scale;
-  job.accumulate = false;
+  job.addend = nullptr;
   const int64_t tiles = ((batch + isa.lanes - 1) / isa.lanes) *
                         ((units + isa.max_channels - 1) / isa.max_channels);
   run_tiles(isa, job, threads_for(static_cast<double>(batch) * units * in_units, tiles));

@@ -63,7 +63,8 @@ struct FinishArgs {
   OutputMode mode;
   int64_t fan_in;
   const float* scale;        // the tile's first channel's scale (kScaledDot only)
-  bool accumulate;           // out += value instead of out = value
+  PostOp post;               // from the tile's first channel
+  const float* addend;       // null, or out = addend + value (same layout as out; may be out)
 };
 
 struct IsaKernels {
@@ -108,7 +109,9 @@ struct TileJob {
   int64_t out_batch_stride, out_channel_stride, out_pixel_stride;
   OutputMode mode;
   const float* scale;
-  bool accumulate;
+  PostOp post;
+  // null, or every output is addend + value, addend laid out as out (it may be out itself).
+  const float* addend;
 };
 
 // Computes every tile of `job` with the kernels of `isa` on up to `threads` OpenMP threads.

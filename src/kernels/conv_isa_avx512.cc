@@ -99,9 +99,10 @@ void tile_any(const TileArgs& a) {
 
 // Writes a tile straight from its 16-lane count vectors with masked stores: the lanes of one
 // vector that fall on one output row are consecutive in the output too, so each (vector, row)
-// piece is one masked store at the address of the vector's lane 0 shifted to that row.
+// piece is one masked store at the address of the vector's lane 0 shifted to that row. Tiles with
+// a post-op take the generic path (compiled for AVX-512 too).
 void finish(const FinishArgs& f) {
-  if (f.pixel_stride != 1 || f.lanes != kLanes) {
+  if (f.pixel_stride != 1 || f.lanes != kLanes || f.post.active()) {
     impl::finish(f);
     return;
   }
@@ -132,6 +133,7 @@ void finish(const FinishArgs& f) {
   const __m512i fan_in = _mm512_set1_epi32(static_cast<int>(f.fan_in));
   for (int c = 0; c < f.channels; ++c) {
     float* out = f.out + c * f.channel_stride;
+    const float* addend = f.addend == nullptr ? nullptr : f.addend + c * f.channel_stride;
     __m512 values[kVectors];
     for (int v = 0; v < kVectors; ++v) {
       const __m512i counts = _mm512_loadu_si512(f.counts + c * kLanes + 16 * v);
@@ -148,7 +150,10 @@ void finish(const FinishArgs& f) {
     for (int i = 0; i < n; ++i) {
       float* at = out + pieces[i].offset;
       __m512 value = values[pieces[i].vector];
-      if (f.accumulate) value = _mm512_add_ps(_mm512_maskz_loadu_ps(pieces[i].mask, at), value);
+      if (addend != nullptr) {
+        value = _mm512_add_ps(_mm512_maskz_loadu_ps(pieces[i].mask, addend + pieces[i].offset),
+                              value);
+      }
       _mm512_mask_storeu_ps(at, pieces[i].mask, value);
     }
   }

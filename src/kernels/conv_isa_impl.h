@@ -145,10 +145,16 @@ inline void pack(const PackArgs& a) {
   }
 }
 
-// dst[i * stride] (+)= the output of counts[i], i < n.
-template <OutputMode kMode, bool kAccumulate, bool kContiguous>
-inline void emit(const int32_t* counts, int64_t n, int32_t fan_in, float scale, float* dst,
-                 int64_t stride) {
+// One output channel's PostOp.
+struct ChannelPost {
+  bool relu, norm;
+  float mean, scale, beta;
+};
+
+// dst[i * stride] = (addend[i * stride] +) the output of counts[i] (after the post-op), i < n.
+template <OutputMode kMode, bool kAdd, bool kContiguous, bool kPost>
+inline void emit(const int32_t* counts, int64_t n, int32_t fan_in, float scale,
+                 const ChannelPost& post, const float* addend, float* dst, int64_t stride) {
   for (int64_t i = 0; i < n; ++i) {
     float v;
     if (kMode == OutputMode::kAgreements) {
@@ -158,26 +164,42 @@ inline void emit(const int32_t* counts, int64_t n, int32_t fan_in, float scale, 
     } else {
       v = static_cast<float>(fan_in - 2 * counts[i]) * scale;
     }
-    float& d = dst[kContiguous ? i : i * stride];
-    d = kAccumulate ? d + v : v;
+    if (kPost) {
+      if (post.relu) v = v > 0.0f ? v : 0.0f;
+      if (post.norm) {
+        const float centered = v - post.mean;  // separate roundings (-ffp-contract=off)
+        const float scaled = centered * post.scale;
+        v = scaled + post.beta;
+      }
+    }
+    const int64_t at = kContiguous ? i : i * stride;
+    dst[at] = kAdd ? addend[at] + v : v;
   }
 }
 
-template <OutputMode kMode, bool kAccumulate, bool kContiguous>
+template <OutputMode kMode, bool kAdd, bool kContiguous, bool kPost>
 void finish_as(const FinishArgs& f) {
   const int32_t fan_in = static_cast<int32_t>(f.fan_in);
   for (int c = 0; c < f.channels; ++c) {
     const int32_t* src = f.counts + c * f.lanes;
     float* out = f.out + c * f.channel_stride;
+    const float* addend = kAdd ? f.addend + c * f.channel_stride : nullptr;
     const float scale = kMode == OutputMode::kScaledDot ? f.scale[c] : 1.0f;
+    ChannelPost post = {f.post.relu, f.post.scale != nullptr, 0.0f, 1.0f, 0.0f};
+    if (post.norm) {
+      post.mean = f.post.mean[c];
+      post.scale = f.post.scale[c];
+      post.beta = f.post.beta[c];
+    }
     int64_t lane = 0, q = f.first_lane;
     while (lane < f.lanes) {
       const int64_t y = q / f.plane_w, x = q % f.plane_w;
       if (y >= f.out_h) break;
       const int64_t run = min64(f.plane_w - x, f.lanes - lane);
       const int64_t valid = max64(0, min64(run, f.out_w - x));
-      emit<kMode, kAccumulate, kContiguous>(src + lane, valid, fan_in, scale,
-                                            out + (y * f.out_w + x) * f.pixel_stride,
+      const int64_t at = (y * f.out_w + x) * f.pixel_stride;
+      emit<kMode, kAdd, kContiguous, kPost>(src + lane, valid, fan_in, scale, post,
+                                            kAdd ? addend + at : nullptr, out + at,
                                             f.pixel_stride);
       lane += run;
       q += run;
@@ -185,14 +207,20 @@ void finish_as(const FinishArgs& f) {
   }
 }
 
+template <OutputMode kMode, bool kPost>
+void finish_post(const FinishArgs& f) {
+  const bool contiguous = f.pixel_stride == 1;
+  if (f.addend != nullptr) {
+    contiguous ? finish_as<kMode, true, true, kPost>(f) : finish_as<kMode, true, false, kPost>(f);
+  } else {
+    contiguous ? finish_as<kMode, false, true, kPost>(f)
+               : finish_as<kMode, false, false, kPost>(f);
+  }
+}
+
 template <OutputMode kMode>
 void finish_mode(const FinishArgs& f) {
-  const bool contiguous = f.pixel_stride == 1;
-  if (f.accumulate) {
-    contiguous ? finish_as<kMode, true, true>(f) : finish_as<kMode, true, false>(f);
-  } else {
-    contiguous ? finish_as<kMode, false, true>(f) : finish_as<kMode, false, false>(f);
-  }
+  f.post.active() ? finish_post<kMode, true>(f) : finish_post<kMode, false>(f);
 }
 
 inline void finish(const FinishArgs& f) {

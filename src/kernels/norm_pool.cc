@@ -66,7 +66,7 @@ void norm_relu_pool(const float* x, const float* gamma, const float* beta, const
   parallel_for(threads, planes, [&](int64_t i, int thread) {
     const int64_t c = i % p.channels;
     const float g = p.fix_gamma ? 1.0f : gamma[c];
-    const float scale = g / std::sqrt(var[c] + p.eps);
+    const float scale = batchnorm_scale(g, var[c], p.eps);
     float* normalized = buffers->get(thread);
     plane(x + i * in_plane, mean[c], scale, beta[c], p, normalized, normalized + in_plane,
           out + i * out_plane);

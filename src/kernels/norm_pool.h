@@ -9,11 +9,17 @@
 #ifndef BMXNET_KERNELS_NORM_POOL_H_
 #define BMXNET_KERNELS_NORM_POOL_H_
 
+#include <cmath>
 #include <cstdint>
 
 #include "kernels/parallel.h"
 
 namespace bmx {
+
+// BatchNorm's per-channel factor as oneDNN rounds it: gamma / sqrt(var + eps) in float.
+inline float batchnorm_scale(float gamma, float var, float eps) {
+  return gamma / std::sqrt(var + eps);
+}
 
 struct NormPoolParams {
   int64_t batch = 1, channels = 1, in_h = 1, in_w = 1;

@@ -17,6 +17,19 @@ enum class OutputMode {
   kScaledDot,   // dot * scale[output channel] (scaling=True)
 };
 
+// An epilogue applied to each output value v (after its OutputMode): v = max(v, 0) with relu;
+// then, with scale non-null, inference BatchNorm v = (v - mean[o]) * scale[o] + beta[o], each
+// operation rounded to float (as norm_pool.h: bit-exact with MXNet's BatchNorm on plain NCHW);
+// scale[o] = batchnorm_scale(gamma[o], var[o], eps) of norm_pool.h. The pointers start at output
+// channel 0 of whatever they are handed to (a tile's first channel in FinishArgs).
+struct PostOp {
+  bool relu = false;
+  const float* mean = nullptr;
+  const float* scale = nullptr;
+  const float* beta = nullptr;
+  bool active() const { return relu || scale != nullptr; }
+};
+
 inline float binary_output(int32_t mismatches, int64_t fan_in, OutputMode mode, float scale) {
   switch (mode) {
     case OutputMode::kAgreements: return static_cast<float>(fan_in - mismatches);

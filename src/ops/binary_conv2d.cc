@@ -8,11 +8,18 @@
 // bmxnet_ext.converter), pads it with pad_value (-1 by default) and returns float32
 // (N, num_filter, H_out, W_out) in the convention of the training layer QConv2D: (dot + K) / 2,
 // dot (offset=False) or dot * scale.
+//
+// An epilogue (the float layers after a binary convolution in QuickNet's residual block, in one
+// pass over the output): post_relu=True applies ReLU; post_norm=True then an inference BatchNorm
+// whose norm_gamma, norm_beta, norm_mean and norm_var float32 (num_filter,) inputs follow the
+// others (attributes eps, fix_gamma as BatchNorm; bit-exact with MXNet's BatchNorm on plain
+// NCHW); residual=True returns data + that (the output must have data's shape).
 #include <climits>
 #include <string>
 #include <vector>
 
 #include "kernels/binary_conv.h"
+#include "kernels/norm_pool.h"
 #include "ops/op_util.h"
 
 using mxnet::ext::MXDType;
@@ -31,13 +38,16 @@ struct ConvAttrs {
   int64_t num_filter, in_channels, num_group;
   bool offset, scaling, thresholds;
   int pad_value;
+  bool post_relu, post_norm, fix_gamma, residual;
+  float eps;
 };
 
 bool parse(const bmx::ops::Attrs& attrs, ConvAttrs* a) {
   using namespace bmx::ops;
   if (!check_attr_names(kOp, attrs,
                         {"kernel", "num_filter", "in_channels", "stride", "pad", "dilate",
-                         "num_group", "offset", "scaling", "pad_value", "thresholds"}))
+                         "num_group", "offset", "scaling", "pad_value", "thresholds",
+                         "post_relu", "post_norm", "eps", "fix_gamma", "residual"}))
     return false;
   if (!require_attrs(kOp, attrs, {"kernel", "num_filter", "in_channels"},
                      "(the packed weight shape is (num_filter, kernel_h, kernel_w, "
@@ -53,7 +63,12 @@ bool parse(const bmx::ops::Attrs& attrs, ConvAttrs* a) {
       !read_bool(kOp, attrs, "offset", true, &a->offset) ||
       !read_bool(kOp, attrs, "scaling", false, &a->scaling) ||
       !read_bool(kOp, attrs, "thresholds", false, &a->thresholds) ||
-      !read_unit_sign(kOp, attrs, "pad_value", -1, &a->pad_value))
+      !read_unit_sign(kOp, attrs, "pad_value", -1, &a->pad_value) ||
+      !read_bool(kOp, attrs, "post_relu", false, &a->post_relu) ||
+      !read_bool(kOp, attrs, "post_norm", false, &a->post_norm) ||
+      !read_bool(kOp, attrs, "fix_gamma", false, &a->fix_gamma) ||
+      !read_bool(kOp, attrs, "residual", false, &a->residual) ||
+      !read_eps(kOp, attrs, "eps", 1e-5f, &a->eps))
     return false;
   if (a->in_channels % a->num_group != 0 || a->num_filter % a->num_group != 0) {
     MX_ERROR_MSG << kOp << ": num_group=" << a->num_group << " must divide in_channels="
@@ -93,7 +108,7 @@ std::vector<unsigned int> weight_shape(const ConvAttrs& a) {
 MXReturnValue parse_attrs(const bmx::ops::Attrs& attrs, int* num_in, int* num_out) {
   ConvAttrs a;
   if (!parse(attrs, &a)) return mxnet::ext::MX_FAIL;
-  *num_in = 2 + (a.scaling ? 1 : 0) + (a.thresholds ? 2 : 0);
+  *num_in = 2 + (a.scaling ? 1 : 0) + (a.thresholds ? 2 : 0) + (a.post_norm ? 4 : 0);
   *num_out = 1;
   return mxnet::ext::MX_SUCCESS;
 }
@@ -101,6 +116,8 @@ MXReturnValue parse_attrs(const bmx::ops::Attrs& attrs, int* num_in, int* num_ou
 // Positions of the optional inputs.
 size_t scale_input(const ConvAttrs& a) { return 2; }
 size_t threshold_input(const ConvAttrs& a) { return a.scaling ? 3 : 2; }
+size_t norm_input(const ConvAttrs& a) { return threshold_input(a) + (a.thresholds ? 2 : 0); }
+constexpr const char* kNormInputs[] = {"norm_gamma", "norm_beta", "norm_mean", "norm_var"};
 
 MXReturnValue infer_type(const bmx::ops::Attrs& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
@@ -116,6 +133,11 @@ MXReturnValue infer_type(const bmx::ops::Attrs& attrs, std::vector<int>* in_type
        (!assign_or_check_dtype(kOp, in_types, t, "threshold_sign", MXDType::kFloat32) ||
         !assign_or_check_dtype(kOp, in_types, t + 1, "threshold_bias", MXDType::kFloat32))))
     return mxnet::ext::MX_FAIL;
+  for (size_t i = 0; a.post_norm && i < 4; ++i) {
+    if (!assign_or_check_dtype(kOp, in_types, norm_input(a) + i, kNormInputs[i],
+                               MXDType::kFloat32))
+      return mxnet::ext::MX_FAIL;
+  }
   (*out_types)[0] = MXDType::kFloat32;
   return mxnet::ext::MX_SUCCESS;
 }
@@ -141,6 +163,12 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
        !assign_or_check_shape(kOp, in_shapes, threshold_input(a) + 1, "threshold_bias",
                               per_channel, "(in_channels,)")))
     return mxnet::ext::MX_FAIL;
+  const std::vector<unsigned int> per_filter = {static_cast<unsigned int>(a.num_filter)};
+  for (size_t i = 0; a.post_norm && i < 4; ++i) {
+    if (!assign_or_check_shape(kOp, in_shapes, norm_input(a) + i, kNormInputs[i], per_filter,
+                               "(num_filter,)"))
+      return mxnet::ext::MX_FAIL;
+  }
   if (!check_rank(kOp, *in_shapes, 0, "data", 4, "N, C, H, W")) return mxnet::ext::MX_FAIL;
   const auto& s = (*in_shapes)[0];
   if (dim_is_empty_or_unknown(s[0])) {
@@ -187,6 +215,11 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
   }
   (*out_shapes)[0] = {s[0], static_cast<unsigned int>(a.num_filter),
                       static_cast<unsigned int>(p.out_h()), static_cast<unsigned int>(p.out_w())};
+  if (a.residual && (*out_shapes)[0] != s) {
+    MX_ERROR_MSG << kOp << ": residual=True adds the input to the output, but the output shape "
+                 << shape_str((*out_shapes)[0]) << " differs from data shape " << shape_str(s);
+    return mxnet::ext::MX_FAIL;
+  }
   return mxnet::ext::MX_SUCCESS;
 }
 
@@ -194,11 +227,13 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
 // thresholds it validated (bmx::ops::ConstantInput) for the next call.
 class ConvState : public bmx::ops::OpState {
  public:
-  explicit ConvState(const ConvAttrs& a) : a_(a) {}
+  explicit ConvState(const ConvAttrs& a)
+      : a_(a), norm_scale_(a.post_norm ? a.num_filter : 0) {}
 
   // inputs[0]: data [N][C][H][W] float32; inputs[1]: weight [num_filter][kh][kw][words] int32;
   // then scale [num_filter] float32 (scaling=True only); then threshold_sign [C] and
-  // threshold_bias [C] float32 (thresholds=True only); outputs[0]: [N][num_filter][H_out][W_out]
+  // threshold_bias [C] float32 (thresholds=True only); then norm_gamma, norm_beta, norm_mean,
+  // norm_var [num_filter] float32 (post_norm=True only); outputs[0]: [N][num_filter][H_out][W_out]
   // float32.
   MXReturnValue Forward(std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                         const OpResource& res) override {
@@ -223,6 +258,19 @@ class ConvState : public bmx::ops::OpState {
     out.batch_stride = p.out_channels * p.out_h() * p.out_w();
     out.mode = bmx::ops::output_mode(a_.scaling, a_.offset);
     out.scale = a_.scaling ? (*inputs)[scale_input(a_)].data<float>() : nullptr;
+    out.addend = a_.residual ? in.data : nullptr;
+    out.post.relu = a_.post_relu;
+    if (a_.post_norm) {
+      const size_t n = norm_input(a_);
+      const float* gamma = (*inputs)[n].data<float>();
+      const float* var = (*inputs)[n + 3].data<float>();
+      for (int64_t o = 0; o < a_.num_filter; ++o) {
+        norm_scale_[o] = bmx::batchnorm_scale(a_.fix_gamma ? 1.0f : gamma[o], var[o], a_.eps);
+      }
+      out.post.scale = norm_scale_.data();
+      out.post.beta = (*inputs)[n + 1].data<float>();
+      out.post.mean = (*inputs)[n + 2].data<float>();
+    }
     bmx::binary_conv2d(in, weights(*inputs), p, out, work);
     return mxnet::ext::MX_SUCCESS;
   }
@@ -260,6 +308,7 @@ class ConvState : public bmx::ops::OpState {
   bmx::ops::ConstantInput weight_, threshold_sign_;
   bmx::ConvCache cache_;
   bmx::ThreadBuffers<uint32_t> thread_buffers_;
+  std::vector<float> norm_scale_;  // the epilogue's BatchNorm factors, one per filter
 };
 
 MXReturnValue create_state(const bmx::ops::Attrs& attrs, const mxnet::ext::MXContext& ctx,

@@ -5,9 +5,6 @@
 // pad (as Pooling with pool_type='max' and the 'valid' convention). Output float32
 // (N, C, H_out, W_out). Equals MXNet's BatchNorm -> relu -> Pooling on a plain NCHW input bit for
 // bit (kernels/norm_pool.h).
-#include <cerrno>
-#include <cmath>
-#include <cstdlib>
 #include <vector>
 
 #include "kernels/norm_pool.h"
@@ -45,20 +42,7 @@ bool parse(const bmx::ops::Attrs& attrs, NormPoolAttrs* a) {
                  << "the kernel (" << a->kernel_h << ", " << a->kernel_w << ")";
     return false;
   }
-  a->eps = 1e-5f;
-  auto it = attrs.find("eps");
-  if (it != attrs.end()) {
-    char* end = nullptr;
-    errno = 0;
-    const double eps = std::strtod(it->second.c_str(), &end);
-    if (end == it->second.c_str() || *end != '\0' || errno != 0 || !(eps >= 0) ||
-        !std::isfinite(eps)) {
-      MX_ERROR_MSG << kOp << ": attribute eps='" << it->second
-                   << "' must be a finite number >= 0";
-      return false;
-    }
-    a->eps = static_cast<float>(eps);  // oneDNN takes the epsilon as a float
-  }
+  if (!read_eps(kOp, attrs, "eps", 1e-5f, &a->eps)) return false;
   return true;
 }
 

@@ -1,6 +1,8 @@
 #include "ops/op_util.h"
 
 #include <atomic>
+#include <cerrno>
+#include <cmath>
 #include <cctype>
 #include <chrono>
 #include <cstdlib>
@@ -170,6 +172,26 @@ bool read_bool(const char* op, const Attrs& attrs, const std::string& key, bool 
     MX_ERROR_MSG << op << ": attribute " << key << "='" << v << "' must be True or False";
     return false;
   }
+  return true;
+}
+
+bool read_eps(const char* op, const Attrs& attrs, const std::string& key, float fallback,
+              float* value) {
+  auto it = attrs.find(key);
+  if (it == attrs.end()) {
+    *value = fallback;
+    return true;
+  }
+  char* end = nullptr;
+  errno = 0;
+  const double eps = std::strtod(it->second.c_str(), &end);
+  if (end == it->second.c_str() || *end != '\0' || errno != 0 || !(eps >= 0) ||
+      !std::isfinite(eps)) {
+    MX_ERROR_MSG << op << ": attribute " << key << "='" << it->second
+                 << "' must be a finite number >= 0";
+    return false;
+  }
+  *value = static_cast<float>(eps);
   return true;
 }
 

@@ -46,6 +46,10 @@ bool read_pair(const char* op, const Attrs& attrs, const std::string& key, int64
 bool read_bool(const char* op, const Attrs& attrs, const std::string& key, bool fallback,
                bool* value);
 
+// Reads a BatchNorm epsilon: a finite number >= 0, kept as a float (as oneDNN takes it).
+bool read_eps(const char* op, const Attrs& attrs, const std::string& key, float fallback,
+              float* value);
+
 // Reads a padding value that must be -1 or +1 ("-1", "1", "-1.0", "+1", ...).
 bool read_unit_sign(const char* op, const Attrs& attrs, const std::string& key, int fallback,
                     int* value);
