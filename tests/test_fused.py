@@ -352,6 +352,8 @@ NORM_POOLS = {
     "fixed-gamma": dict(shape=(1, 8, 9, 9), kernel=3, stride=1, pad=1, fix_gamma=True),
     "epsilon": dict(shape=(3, 5, 8, 6), kernel=(2, 3), stride=(2, 1), pad=(1, 0), eps=0.25),
     "norm-relu": dict(shape=(2, 24, 17, 9), kernel=1, stride=1, pad=0),  # the stem's pairs
+    "relu-pool": dict(shape=(2, 16, 14, 14), kernel=2, stride=1, pad=0, norm=False),  # QuickNet
+    "relu-pool-padded": dict(shape=(1, 7, 9, 12), kernel=3, stride=2, pad=1, norm=False),
 }
 
 
@@ -369,6 +371,11 @@ def test_norm_relu_pool_op_equals_mxnet_operators(name):
         rng.uniform(-2, 2, c), rng.uniform(-1, 1, c), rng.uniform(-1, 1, c),
         rng.uniform(0.1, 2, c))]
     norm = dict(eps=spec.get("eps", 1e-3), fix_gamma=spec.get("fix_gamma", False))
+    if not spec.get("norm", True):
+        expected = mx.nd.Pooling(mx.nd.relu(x), pool_type="max", **pool)
+        got = mx.nd.bmx_norm_relu_pool(x, norm=False, **pool)
+        np.testing.assert_array_equal(got.asnumpy(), expected.asnumpy())
+        return
     expected = mx.nd.Pooling(mx.nd.relu(mx.nd.BatchNorm(x, *params, **norm)), pool_type="max",
                              **pool)
     got = mx.nd.bmx_norm_relu_pool(x, *params, **norm, **pool)

@@ -186,30 +186,36 @@ class XnorBinaryStage(HybridBlock):
 class NormReluPool(HybridBlock):
     """``MaxPool(ReLU(BatchNorm(x)))`` (= ``ReLU(MaxPool(BatchNorm(x)))``) as one
     ``bmx_norm_relu_pool`` operator, sharing the BatchNorm's parameters (same names in an
-    export). Built by :meth:`from_layers`."""
+    export); without a BatchNorm (``norm=None``), ``MaxPool(ReLU(x))``. Built by
+    :meth:`from_layers`."""
+
+    _NORM_PARAMS = ("gamma", "beta", "running_mean", "running_var")
 
     def __init__(self, norm, pool_kwargs, **kwargs):
-        super().__init__(prefix=norm.prefix, params=norm.params, **kwargs)
-        self._attrs = {"eps": norm._kwargs["eps"], "fix_gamma": norm._kwargs["fix_gamma"],
-                       "kernel": tuple(pool_kwargs["kernel"]),
+        if norm is not None:
+            kwargs = dict(kwargs, prefix=norm.prefix, params=norm.params)
+        super().__init__(**kwargs)
+        self._attrs = {"kernel": tuple(pool_kwargs["kernel"]),
                        "stride": tuple(pool_kwargs["stride"]), "pad": tuple(pool_kwargs["pad"])}
+        if norm is None:
+            self._attrs["norm"] = False
+            return
+        self._attrs.update(eps=norm._kwargs["eps"], fix_gamma=norm._kwargs["fix_gamma"])
         with self.name_scope():
-            for name in ("gamma", "beta", "running_mean", "running_var"):
+            for name in self._NORM_PARAMS:
                 setattr(self, name, self.params.get(name))
 
-    @classmethod
-    def from_layers(cls, layers):
-        """The fused form of ``[BatchNorm, MaxPool2D, relu]`` or ``[BatchNorm, relu, MaxPool2D]``
-        (in that order in a HybridSequential), or of ``[BatchNorm, relu]`` (a 1x1 window), or None
-        when they are something else or the fused operator does not reproduce them exactly on a
-        probe."""
-        if len(layers) not in (2, 3) or not isinstance(layers[0], nn.BatchNorm):
-            return None
-        norm, pools = layers[0], [b for b in layers[1:] if isinstance(b, nn.MaxPool2D)]
-        relus = [b for b in layers[1:] if isinstance(b, nn.Activation)
-                 and b._act_type == "relu"]
-        if (len(pools) != len(layers) - 2 or len(relus) != 1
-                or norm._kwargs.get("axis", 1) != 1 or norm.fuse_relu):
+    @staticmethod
+    def _parts(layers):
+        """(norm or None, pool kwargs) of layers that this block computes, or None."""
+        norm = layers[0] if layers and isinstance(layers[0], nn.BatchNorm) else None
+        rest = layers[1:] if norm is not None else layers
+        pools = [b for b in rest if isinstance(b, nn.MaxPool2D)]
+        relus = [b for b in rest if isinstance(b, nn.Activation) and b._act_type == "relu"]
+        if (len(relus) != 1 or len(relus) + len(pools) != len(rest)
+                or len(pools) > 1 or (norm is None and not pools)):
+            return None  # a ReLU alone is one MXNet operator already
+        if norm is not None and (norm._kwargs.get("axis", 1) != 1 or norm.fuse_relu):
             return None
         pool = pools[0]._kwargs if pools else {"kernel": (1, 1), "stride": (1, 1),
                                                 "pad": (0, 0), "pool_type": "max"}
@@ -218,22 +224,35 @@ class NormReluPool(HybridBlock):
                 or pool.get("layout", "NCHW") not in ("NCHW", None)
                 or any(p >= k for p, k in zip(pool["pad"], pool["kernel"]))):
             return None
+        return norm, pool
+
+    @classmethod
+    def from_layers(cls, layers):
+        """The fused form of ``[BatchNorm, MaxPool2D, relu]``, ``[BatchNorm, relu, MaxPool2D]``,
+        ``[BatchNorm, relu]`` (a 1x1 window), ``[relu, MaxPool2D]`` or ``[MaxPool2D, relu]`` (in
+        that order in a HybridSequential), or None when they are something else or the fused
+        operator does not reproduce them exactly on a probe."""
+        parts = cls._parts(list(layers))
+        if parts is None:
+            return None
+        norm, pool = parts
         block = cls(norm, pool)
-        channels = norm.gamma.shape[0]
+        channels = norm.gamma.shape[0] if norm is not None else 5
         probe = np.random.RandomState(0).standard_normal((2, channels, 13, 11)) * 2
         probe = mx.nd.array(probe.astype(np.float32))
         expected = probe
         for layer in layers:
             expected = layer(expected)
         if not np.array_equal(block(probe).asnumpy(), expected.asnumpy()):
-            warnings.warn(f"{norm.name}: the fused BatchNorm -> ReLU (-> max pooling) does not "
+            name = norm.name if norm is not None else layers[0].name
+            warnings.warn(f"{name}: the fused (BatchNorm ->) ReLU (-> max pooling) does not "
                           "reproduce MXNet's operators; keeping them", stacklevel=3)
             return None
         return block
 
-    def hybrid_forward(self, F, x, gamma, beta, running_mean, running_var):
-        return F.bmx_norm_relu_pool(x, gamma, beta, running_mean, running_var,
-                                    name=OP_NODE_NAME, **self._attrs)
+    def hybrid_forward(self, F, x, **norm):
+        inputs = [norm[name] for name in self._NORM_PARAMS] if norm else []
+        return F.bmx_norm_relu_pool(x, *inputs, name=OP_NODE_NAME, **self._attrs)
 
 
 class XnorResidualUnit(HybridBlock):

@@ -16,12 +16,16 @@ namespace {
 void plane(const float* x, float mean, float scale, float beta, const NormPoolParams& p,
            float* normalized, float* rows, float* out) {
   const int64_t h = p.in_h, w = p.in_w, n = h * w;
-  for (int64_t i = 0; i < n; ++i) {
-    // Separate roundings, as oneDNN computes it (the library is built with -ffp-contract=off).
-    const float centered = x[i] - mean;
-    const float scaled = centered * scale;
-    const float y = scaled + beta;
-    normalized[i] = y > 0.0f ? y : 0.0f;
+  if (!p.normalize) {
+    for (int64_t i = 0; i < n; ++i) normalized[i] = x[i] > 0.0f ? x[i] : 0.0f;
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      // Separate roundings, as oneDNN computes it (the library is built with -ffp-contract=off).
+      const float centered = x[i] - mean;
+      const float scaled = centered * scale;
+      const float y = scaled + beta;
+      normalized[i] = y > 0.0f ? y : 0.0f;
+    }
   }
   const int64_t out_h = p.out_h(), out_w = p.out_w();
   for (int64_t oy = 0; oy < out_h; ++oy) {
@@ -65,9 +69,14 @@ void norm_relu_pool(const float* x, const float* gamma, const float* beta, const
   buffers->reserve(threads, in_plane + p.in_w);
   parallel_for(threads, planes, [&](int64_t i, int thread) {
     const int64_t c = i % p.channels;
+    float* normalized = buffers->get(thread);
+    if (!p.normalize) {
+      plane(x + i * in_plane, 0.0f, 1.0f, 0.0f, p, normalized, normalized + in_plane,
+            out + i * out_plane);
+      return;
+    }
     const float g = p.fix_gamma ? 1.0f : gamma[c];
     const float scale = batchnorm_scale(g, var[c], p.eps);
-    float* normalized = buffers->get(thread);
     plane(x + i * in_plane, mean[c], scale, beta[c], p, normalized, normalized + in_plane,
           out + i * out_plane);
   });

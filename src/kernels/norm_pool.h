@@ -26,6 +26,7 @@ struct NormPoolParams {
   int64_t kernel_h = 1, kernel_w = 1, stride_h = 1, stride_w = 1, pad_h = 0, pad_w = 0;
   float eps = 1e-5f;
   bool fix_gamma = false;  // gamma taken as 1 (BatchNorm(scale=False))
+  bool normalize = true;   // false: no BatchNorm (gamma, beta, mean, var unused, may be null)
 
   // MXNet's "valid" pooling convention; 0 when the window does not fit.
   int64_t out_h() const { return out_size(in_h, kernel_h, stride_h, pad_h); }
@@ -35,7 +36,8 @@ struct NormPoolParams {
   }
 };
 
-// x: float [batch][channels][in_h][in_w]; gamma, beta, mean, var: float [channels];
+// x: float [batch][channels][in_h][in_w]; gamma, beta, mean, var: float [channels] (read only
+// with p.normalize);
 // out: float [batch][channels][out_h][out_w], fully overwritten. Padding never wins a max (it is
 // -inf, as in MXNet); a window of padding only gives 0 (after ReLU). buffers: the threads'
 // scratch, kept by a caller that runs the layer again, or null.

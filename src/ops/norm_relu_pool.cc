@@ -4,7 +4,8 @@
 // BatchNorm's parameters as they are. Attributes: eps, fix_gamma (as BatchNorm), kernel, stride,
 // pad (as Pooling with pool_type='max' and the 'valid' convention). Output float32
 // (N, C, H_out, W_out). Equals MXNet's BatchNorm -> relu -> Pooling on a plain NCHW input bit for
-// bit (kernels/norm_pool.h).
+// bit (kernels/norm_pool.h). With norm=False only data is an input: relu -> Pooling (QuickNet's
+// transitions, where MXNet's pooling on plain NCHW is slow).
 #include <vector>
 
 #include "kernels/norm_pool.h"
@@ -24,18 +25,19 @@ constexpr const char* kInputs[] = {"data", "gamma", "beta", "moving_mean", "movi
 struct NormPoolAttrs {
   int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w;
   float eps;
-  bool fix_gamma;
+  bool fix_gamma, norm;
 };
 
 bool parse(const bmx::ops::Attrs& attrs, NormPoolAttrs* a) {
   using namespace bmx::ops;
-  if (!check_attr_names(kOp, attrs, {"kernel", "stride", "pad", "eps", "fix_gamma"}))
+  if (!check_attr_names(kOp, attrs, {"kernel", "stride", "pad", "eps", "fix_gamma", "norm"}))
     return false;
   if (!require_attrs(kOp, attrs, {"kernel"}, "")) return false;
   if (!read_pair(kOp, attrs, "kernel", 1, 1, kMaxWindow, &a->kernel_h, &a->kernel_w) ||
       !read_pair(kOp, attrs, "stride", 1, 1, kMaxWindow, &a->stride_h, &a->stride_w) ||
       !read_pair(kOp, attrs, "pad", 0, 0, kMaxWindow, &a->pad_h, &a->pad_w) ||
-      !read_bool(kOp, attrs, "fix_gamma", false, &a->fix_gamma))
+      !read_bool(kOp, attrs, "fix_gamma", false, &a->fix_gamma) ||
+      !read_bool(kOp, attrs, "norm", true, &a->norm))
     return false;
   if (a->pad_h >= a->kernel_h || a->pad_w >= a->kernel_w) {
     MX_ERROR_MSG << kOp << ": pad (" << a->pad_h << ", " << a->pad_w << ") must be smaller than "
@@ -60,13 +62,14 @@ bmx::NormPoolParams params(const NormPoolAttrs& a, const std::vector<int64_t>& s
   p.pad_w = a.pad_w;
   p.eps = a.eps;
   p.fix_gamma = a.fix_gamma;
+  p.normalize = a.norm;
   return p;
 }
 
 MXReturnValue parse_attrs(const bmx::ops::Attrs& attrs, int* num_in, int* num_out) {
   NormPoolAttrs a;
   if (!parse(attrs, &a)) return mxnet::ext::MX_FAIL;
-  *num_in = 5;
+  *num_in = a.norm ? 5 : 1;
   *num_out = 1;
   return mxnet::ext::MX_SUCCESS;
 }
@@ -95,7 +98,7 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
       return mxnet::ext::MX_FAIL;
     }
   }
-  for (size_t i = 1; i < 5; ++i) {
+  for (size_t i = 1; i < in_shapes->size(); ++i) {
     if (!assign_or_check_shape(kOp, in_shapes, i, kInputs[i], {s[1]}, "(C,), one per channel"))
       return mxnet::ext::MX_FAIL;
   }
@@ -116,15 +119,15 @@ class NormPoolState : public bmx::ops::OpState {
  public:
   explicit NormPoolState(const NormPoolAttrs& a) : a_(a) {}
 
-  // inputs[0]: data [N][C][H][W]; inputs[1..4]: gamma, beta, moving_mean, moving_var [C];
-  // outputs[0]: [N][C][H_out][W_out]; all float32.
+  // inputs[0]: data [N][C][H][W]; inputs[1..4] (norm=True only): gamma, beta, moving_mean,
+  // moving_var [C]; outputs[0]: [N][C][H_out][W_out]; all float32.
   MXReturnValue Forward(std::vector<MXTensor>* inputs, std::vector<MXTensor>* outputs,
                         const OpResource& res) override {
     bmx::ops::forget_reported_errors();
     MXTensor& x = (*inputs)[0];
-    bmx::norm_relu_pool(x.data<float>(), (*inputs)[1].data<float>(),
-                        (*inputs)[2].data<float>(), (*inputs)[3].data<float>(),
-                        (*inputs)[4].data<float>(), params(a_, x.shape),
+    const float* norm[4] = {nullptr, nullptr, nullptr, nullptr};  // gamma, beta, mean, var
+    for (size_t i = 1; a_.norm && i < 5; ++i) norm[i - 1] = (*inputs)[i].data<float>();
+    bmx::norm_relu_pool(x.data<float>(), norm[0], norm[1], norm[2], norm[3], params(a_, x.shape),
                         (*outputs)[0].data<float>(), &buffers_);
     return mxnet::ext::MX_SUCCESS;
   }
