@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 
 # Bulking groups consecutive operators into one engine operation, which the profiler then reports
 # under a joined name: it must be off before MXNet starts.
@@ -39,7 +40,8 @@ def profile(model, form="fused", batch=1, passes=20, size=224):
                     dtype=np.float32)
     for _ in range(3):
         net(x).wait_to_read()
-    mx.profiler.set_config(profile_all=True, aggregate_stats=True)
+    trace = os.path.join(tempfile.mkdtemp(prefix="bmxnet-profile-"), "profile.json")
+    mx.profiler.set_config(profile_all=True, aggregate_stats=True, filename=trace)
     mx.profiler.set_state("run")
     for _ in range(passes):
         net(x).wait_to_read()

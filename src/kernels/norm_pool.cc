@@ -12,10 +12,13 @@ namespace {
 // One channel plane: normalize and rectify it into `normalized` (ReLU first: the pooled maximum
 // of rectified values equals the rectified maximum, and every value is then >= 0, so padding,
 // -inf in MXNet, never wins), then pool separably: the maximum over a window's rows into `rows`,
-// then over its columns.
+// then over its columns. A 1x1 window (BatchNorm -> ReLU alone) writes straight to `out`.
 void plane(const float* x, float mean, float scale, float beta, const NormPoolParams& p,
            float* normalized, float* rows, float* out) {
   const int64_t h = p.in_h, w = p.in_w, n = h * w;
+  const bool identity = p.kernel_h == 1 && p.kernel_w == 1 && p.stride_h == 1 &&
+                        p.stride_w == 1 && p.pad_h == 0 && p.pad_w == 0;
+  if (identity) normalized = out;
   if (!p.normalize) {
     for (int64_t i = 0; i < n; ++i) normalized[i] = x[i] > 0.0f ? x[i] : 0.0f;
   } else {
@@ -27,6 +30,7 @@ void plane(const float* x, float mean, float scale, float beta, const NormPoolPa
       normalized[i] = y > 0.0f ? y : 0.0f;
     }
   }
+  if (identity) return;
   const int64_t out_h = p.out_h(), out_w = p.out_w();
   for (int64_t oy = 0; oy < out_h; ++oy) {
     const int64_t y0 = std::max<int64_t>(oy * p.stride_h - p.pad_h, 0);
