@@ -9,6 +9,7 @@ reason is kept, :func:`available` says False, and every use of an op raises
 The environment variable ``BMXNET_OPS_LIBRARY`` names another build of the library to load
 instead of the installed one (the sanitizer job loads an AddressSanitizer build this way).
 """
+import ctypes
 import os
 import threading
 
@@ -23,7 +24,7 @@ _REBUILD = ("Rebuild it from the bmxnet_ext source tree with `pip install .` (or
             "`pip install -e .`) in the environment whose MXNet 1.9.1 you use.")
 
 _lock = threading.Lock()
-_state = {"loaded": False, "error": None}
+_state = {"loaded": False, "error": None, "handle": None}
 
 
 def _advice(path):
@@ -55,12 +56,20 @@ def load_library(path=LIBRARY_PATH):
                                f"{_advice(path)}")
             return False
         _state["loaded"] = True
+        # The same handle MXNet holds (dlopen returns the loaded library): for its C entries.
+        _state["handle"] = ctypes.CDLL(os.path.abspath(path))
         return True
 
 
 def available():
     """True when the ``bmx_*`` operators are registered in this process."""
     return _state["loaded"]
+
+
+def _set_library_threads(n):
+    """The op library's bmx_set_num_threads(n) when it is loaded (n <= 0: the environment's)."""
+    if _state["handle"] is not None:
+        _state["handle"].bmx_set_num_threads(ctypes.c_int(n))
 
 
 def require():

@@ -4,10 +4,6 @@
 #include <array>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "kernels/conv_isa.h"
 #include "kernels/parallel.h"
 
@@ -63,14 +59,8 @@ const uint32_t* ConvCache::weights(const IsaKernels& isa, const uint32_t* weight
 int threads_for_floats(double floats, int64_t items) { return threads_for(32 * floats, items); }
 
 int threads_for(double work, int64_t items) {
-#ifdef _OPENMP
   const double useful = std::min<double>(work / kMinWorkPerThread, static_cast<double>(items));
-  return std::max(1, std::min(omp_get_max_threads(), static_cast<int>(useful)));
-#else
-  (void)work;
-  (void)items;
-  return 1;
-#endif
+  return std::max(1, std::min(num_threads(), static_cast<int>(useful)));
 }
 
 void run_tiles(const IsaKernels& isa, const TileJob& job, int threads) {

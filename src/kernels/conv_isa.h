@@ -111,11 +111,11 @@ struct TileJob {
   bool accumulate;
 };
 
-// Computes every tile of `job` with the kernels of `isa` on up to `threads` OpenMP threads.
+// Computes every tile of `job` with the kernels of `isa` on up to `threads` threads.
 void run_tiles(const IsaKernels& isa, const TileJob& job, int threads);
 
 // The threads worth using for `work` (in binary MACs) split into `items` independent pieces: at
-// most omp_get_max_threads(), and 1 for small work.
+// most num_threads() (parallel.h), and 1 for small work.
 int threads_for(double work, int64_t items);
 
 // The threads worth using for work that streams `floats` floats (packing, BatchNorm, pooling,
