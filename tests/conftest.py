@@ -70,6 +70,39 @@ def numpy_pack(x):
         np.int32)
 
 
+def op_library():
+    """The loaded op library (the handle MXNet holds) with the C entries the tests call."""
+    import ctypes
+
+    import bmxnet_ext
+
+    lib = ctypes.CDLL(bmxnet_ext.ops.LIBRARY_PATH)
+    lib.bmx_set_isa.restype = ctypes.c_char_p
+    lib.bmx_set_isa.argtypes = [ctypes.c_char_p]
+    lib.bmx_kernel_name.restype = ctypes.c_char_p
+    lib.bmx_pool_jobs.restype = ctypes.c_int64
+    return lib
+
+
+def _isa_names():
+    from bmxnet_ext.inference import _kernels
+
+    return _kernels.ISAS
+
+
+@pytest.fixture(params=_isa_names())
+def op_isa(request):
+    """Makes the op library's kernels use one path for the test, then restores the previous."""
+    from bmxnet_ext.inference import _kernels
+
+    if request.param not in _kernels.supported_isas():
+        pytest.skip(f"this CPU cannot run the {request.param} kernels")
+    lib = op_library()
+    previous = lib.bmx_set_isa(request.param.encode())
+    yield request.param
+    lib.bmx_set_isa(previous)
+
+
 def conv_inputs(case, seed=0):
     """``(x, w, geometry)`` for a convolution case of ``binary_reference.CONV_CASES``: random
     floats (specials included) for the input and the OIHW latent weights, and the keyword

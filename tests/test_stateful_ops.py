@@ -4,37 +4,15 @@ references on the kernel case matrix, on every instruction-set path and in the f
 the first call and on the calls that reuse what the state derived; a state follows weights and
 thresholds written in place between calls, and validates them again.
 """
-import ctypes
-
 import mxnet as mx
 import numpy as np
 import pytest
 
 import binary_reference as ref
-from conftest import conv_inputs
-import bmxnet_ext
+from conftest import conv_inputs, op_library
 from bmxnet_ext.inference import _kernels as K
 
 CALLS = 3  # the first call derives, the others reuse
-
-
-def _library():
-    lib = ctypes.CDLL(bmxnet_ext.ops.LIBRARY_PATH)
-    lib.bmx_set_isa.restype = ctypes.c_char_p
-    lib.bmx_set_isa.argtypes = [ctypes.c_char_p]
-    lib.bmx_kernel_name.restype = ctypes.c_char_p
-    return lib
-
-
-@pytest.fixture(params=K.ISAS)
-def op_isa(request):
-    """Makes the op library's kernels use one path for the test, then restores the previous."""
-    if request.param not in K.supported_isas():
-        pytest.skip(f"this CPU cannot run the {request.param} kernels")
-    lib = _library()
-    previous = lib.bmx_set_isa(request.param.encode())
-    yield request.param
-    lib.bmx_set_isa(previous)
 
 
 def _bound(symbol, arrays):
@@ -194,7 +172,7 @@ def test_state_validates_weights_written_in_place_again(op_isa):
 
 
 def test_set_isa_of_the_op_library_rejects_unknown_names():
-    lib = _library()
+    lib = op_library()
     active = lib.bmx_kernel_name()
     assert lib.bmx_set_isa(b"sse4") is None
     assert lib.bmx_kernel_name() == active
