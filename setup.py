@@ -76,8 +76,9 @@ class BuildExt(build_ext):
             if not isinstance(ext, CMakeExtension):
                 ext.extra_objects = [os.path.join(build_dir, KERNELS_LIBRARY)]
                 ext.depends = ext.depends + ext.extra_objects  # relink when the kernels change
-                # The kernels run on OpenMP threads (and, in the sanitizer build, are instrumented).
-                ext.extra_link_args = ["-fopenmp"] + (
+                # The kernels run on their own threads (and, in the sanitizer build, are
+                # instrumented).
+                ext.extra_link_args = ["-pthread"] + (
                     ["-fsanitize=address,undefined"] if os.environ.get("BMXNET_SANITIZE") else [])
         super().run()
 

@@ -70,6 +70,35 @@ def numpy_pack(x):
         np.int32)
 
 
+def op_library():
+    """The loaded op library (the handle MXNet holds) with the C entries the tests call."""
+    import ctypes
+
+    import bmxnet_ext
+
+    lib = bmxnet_ext.ops.native()
+    lib.bmx_pool_jobs.restype = ctypes.c_int64
+    return lib
+
+
+def _isa_names():
+    from bmxnet_ext.inference import _kernels
+
+    return _kernels.ISAS
+
+
+@pytest.fixture(params=_isa_names())
+def op_isa(request):
+    """Makes the kernels (the op library's included) use one path for the test, then restores
+    the previous."""
+    import bmxnet_ext
+
+    if request.param not in bmxnet_ext.kernels.supported_isas():
+        pytest.skip(f"this CPU cannot run the {request.param} kernels")
+    with bmxnet_ext.kernels.use_isa(request.param):
+        yield request.param
+
+
 def conv_inputs(case, seed=0):
     """``(x, w, geometry)`` for a convolution case of ``binary_reference.CONV_CASES``: random
     floats (specials included) for the input and the OIHW latent weights, and the keyword

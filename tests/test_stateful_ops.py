@@ -9,21 +9,10 @@ import numpy as np
 import pytest
 
 import binary_reference as ref
-from conftest import conv_inputs
-import bmxnet_ext
+from conftest import conv_inputs, op_library
 from bmxnet_ext.inference import _kernels as K
 
 CALLS = 3  # the first call derives, the others reuse
-
-
-@pytest.fixture(params=K.ISAS)
-def op_isa(request):
-    """Makes the kernels (the op library's included) use one path for the test, then restores
-    the previous."""
-    if request.param not in K.supported_isas():
-        pytest.skip(f"this CPU cannot run the {request.param} kernels")
-    with bmxnet_ext.kernels.use_isa(request.param):
-        yield request.param
 
 
 def _bound(symbol, arrays):
@@ -183,7 +172,7 @@ def test_state_validates_weights_written_in_place_again(op_isa):
 
 
 def test_set_isa_of_the_op_library_rejects_unknown_names():
-    lib = bmxnet_ext.ops.native()
+    lib = op_library()
     active = lib.bmx_kernel_name()
     assert lib.bmx_set_isa(b"sse4") is None
     assert lib.bmx_kernel_name() == active

@@ -30,7 +30,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = ["tests/test_binary_ops.py", "tests/test_packing.py", "tests/test_fuzz_ops.py",
-         "tests/test_fuzz_converter.py", "tests/test_stateful_ops.py"]
+         "tests/test_fuzz_converter.py", "tests/test_stateful_ops.py", "tests/test_threads.py"]
 LIBRARY = "libbmxnet_ops.so"
 
 _CHECK = r"""

@@ -334,6 +334,37 @@ def binary_dense(x, weights, in_units=None, offset=True, scale=None):
 
 
 # ----------------------------------------------------------------------------------------------
+# Threads (src/kernels/parallel.h): this module's kernels run on their own pool; the op library
+# keeps another (bmxnet_ext.kernels.set_num_threads sets both).
+
+cdef extern from "kernels/parallel.h" namespace "bmx":
+    int num_threads_c "bmx::num_threads"() nogil
+    int set_num_threads_c "bmx::set_num_threads"(int n) nogil
+    int64_t pool_jobs() nogil
+
+
+def num_threads():
+    """The most threads this module's kernels use: set by :func:`set_num_threads`, else by
+    ``OMP_NUM_THREADS``, else the CPUs this process may run on."""
+    return num_threads_c()
+
+
+def set_num_threads(n):
+    """Makes this module's kernels use up to ``n`` threads (an int >= 1), or with ``None`` what
+    ``OMP_NUM_THREADS`` (else the CPU count) says. Returns the previous count."""
+    if n is None:
+        return set_num_threads_c(0)
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be an int >= 1 or None, got {n!r}")
+    return set_num_threads_c(<int>min(int(n), 1 << 20))
+
+
+def _pool_jobs():
+    """For tests: how many jobs this module's pool has run on more than one thread."""
+    return pool_jobs()
+
+
+# ----------------------------------------------------------------------------------------------
 # For benchmarks: the clock the kernels run at (a VM's /proc/cpuinfo may not say).
 
 cdef extern from *:

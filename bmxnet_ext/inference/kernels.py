@@ -9,6 +9,8 @@
 - ``ISAS``, ``supported_isas()``, ``active_isa()``, ``set_isa(name)``, ``use_isa(name)``: the
   instruction-set path of every kernel in the process (these bindings and the ``bmx_*``
   operators), chosen at start-up from the CPU and the environment variable ``BMXNET_ISA``.
+- ``num_threads()`` / ``set_num_threads(n)``: how many threads the kernels (and the ``bmx_*``
+  operators) use at most: ``OMP_NUM_THREADS`` unless set here, else the CPU count.
 
 They run the same C++ as the ``bmx_*`` operators, so the converter and the ops share one
 implementation of the bit layout.
@@ -17,8 +19,9 @@ import contextlib
 
 try:
     from . import _kernels
-    from ._kernels import (ISAS, binary_conv2d, binary_dense, kernel_name, pack_bits,
-                           pack_conv_weights, pack_dense_weights, supported_isas, unpack_bits)
+    from ._kernels import (ISAS, binary_conv2d, binary_dense, kernel_name, num_threads,
+                           pack_bits, pack_conv_weights, pack_dense_weights, supported_isas,
+                           unpack_bits)
 except ImportError as err:  # pragma: no cover - only in a broken install
     raise ImportError(
         "bmxnet_ext's compiled kernels (bmxnet_ext._kernels) are missing: rebuild the package "
@@ -27,7 +30,7 @@ from . import ops
 
 __all__ = ["pack_bits", "unpack_bits", "pack_conv_weights", "binary_conv2d",
            "pack_dense_weights", "binary_dense", "kernel_name", "ISAS", "supported_isas",
-           "active_isa", "set_isa", "use_isa"]
+           "active_isa", "set_isa", "use_isa", "num_threads", "set_num_threads"]
 
 
 def active_isa():
@@ -60,3 +63,18 @@ def use_isa(name):
         yield active_isa()
     finally:
         set_isa(previous)
+
+
+def set_num_threads(n):
+    """Makes the kernels use up to ``n`` threads (an int >= 1), or with ``None`` the count of
+    ``OMP_NUM_THREADS`` (else the CPUs this process may run on) again; returns the previous count.
+
+    Applies to this module's functions and to the ``bmx_*`` operators alike (the op library, when
+    loaded, keeps its own pool of threads); MXNet's own operators keep following
+    ``OMP_NUM_THREADS``. A layer too small to gain from threads runs on one whatever ``n`` is.
+    """
+    previous = _kernels.set_num_threads(n)  # checks n
+    library = ops.native()
+    if library is not None:
+        library.bmx_set_num_threads(0 if n is None else min(int(n), 1 << 20))
+    return previous

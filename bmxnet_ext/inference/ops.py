@@ -24,7 +24,7 @@ _REBUILD = ("Rebuild it from the bmxnet_ext source tree with `pip install .` (or
             "`pip install -e .`) in the environment whose MXNet 1.9.1 you use.")
 
 _lock = threading.Lock()
-_state = {"loaded": False, "error": None}
+_state = {"loaded": False, "error": None, "handle": None}
 
 
 def _advice(path):
@@ -56,6 +56,13 @@ def load_library(path=LIBRARY_PATH):
                                f"{_advice(path)}")
             return False
         _state["loaded"] = True
+        # The same handle MXNet holds (dlopen returns the loaded library): for its C entries.
+        lib = ctypes.CDLL(os.path.abspath(path))
+        lib.bmx_set_isa.restype = ctypes.c_char_p
+        lib.bmx_set_isa.argtypes = [ctypes.c_char_p]
+        lib.bmx_kernel_name.restype = ctypes.c_char_p
+        lib.bmx_set_num_threads.argtypes = [ctypes.c_int]
+        _state["handle"] = lib
         return True
 
 
@@ -82,11 +89,5 @@ def sign_pack(data):
 
 def native():
     """The loaded op library as a ``ctypes.CDLL`` (its plain C entry points: ``bmx_set_isa``,
-    ``bmx_kernel_name``), or None when it is not loaded."""
-    if not _state["loaded"]:
-        return None
-    lib = ctypes.CDLL(os.path.abspath(LIBRARY_PATH))  # the handle MXNet opened, not a new copy
-    lib.bmx_set_isa.restype = ctypes.c_char_p
-    lib.bmx_set_isa.argtypes = [ctypes.c_char_p]
-    lib.bmx_kernel_name.restype = ctypes.c_char_p
-    return lib
+    ``bmx_kernel_name``, ``bmx_set_num_threads``), or None when it is not loaded."""
+    return _state["handle"]

@@ -4,19 +4,17 @@
 #include <array>
 #include <vector>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "kernels/conv_isa.h"
 #include "kernels/parallel.h"
 
 namespace bmx {
 namespace {
 
-// A thread must get at least this much work (in binary MACs) for a team to pay off: starting a
-// team and the barrier cost a few microseconds, ~2 M MACs on one core.
-constexpr double kMinWorkPerThread = 2e6;
+// A thread must get at least this much work (in binary MACs, ~1-3 us on one core) to pay off:
+// handing a job to a spinning pool worker costs well under a microsecond, waking a sleeping one
+// a system call of a microsecond or two (parallel.cc). The caller starts at once and a worker
+// that comes late finds less to do, so erring small costs little.
+constexpr double kMinWorkPerThread = 1e6;
 
 // Tiles keep their counts on the stack.
 constexpr int kMaxTileChannels = 8;
@@ -60,17 +58,11 @@ const uint32_t* ConvCache::weights(const IsaKernels& isa, const uint32_t* weight
   return prepared_.data();
 }
 
-int threads_for_floats(double floats, int64_t items) { return threads_for(32 * floats, items); }
+int threads_for_floats(double floats, int64_t items) { return threads_for(64 * floats, items); }
 
 int threads_for(double work, int64_t items) {
-#ifdef _OPENMP
   const double useful = std::min<double>(work / kMinWorkPerThread, static_cast<double>(items));
-  return std::max(1, std::min(omp_get_max_threads(), static_cast<int>(useful)));
-#else
-  (void)work;
-  (void)items;
-  return 1;
-#endif
+  return std::max(1, std::min(num_threads(), static_cast<int>(useful)));
 }
 
 void run_tiles(const IsaKernels& isa, const TileJob& job, int threads) {

@@ -16,8 +16,8 @@
 //
 // The input is packed once per call into the planar layout of conv_isa.h (scratch memory);
 // output pixels sit in vector lanes, output channels in registers (conv_isa_*.cc). Work is split
-// over OpenMP threads (at most omp_get_max_threads(), i.e. OMP_NUM_THREADS) by output tiles when
-// the layer is large enough for threads to pay.
+// over the kernels' threads (at most num_threads() of parallel.h, i.e. OMP_NUM_THREADS) by output
+// tiles when the layer is large enough for threads to pay.
 #ifndef BMXNET_KERNELS_BINARY_CONV_H_
 #define BMXNET_KERNELS_BINARY_CONV_H_
 

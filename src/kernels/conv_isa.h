@@ -24,6 +24,7 @@
 namespace bmx {
 
 struct ConvParams;
+struct NormPoolParams;
 
 // One register tile: `lanes` consecutive lanes (output pixels) x up to max_channels output
 // channels.
@@ -67,6 +68,17 @@ struct FinishArgs {
   const float* addend;       // null, or out = addend + value (same layout as out; may be out)
 };
 
+// Output rows [out_row_begin, out_row_end) of one channel plane of norm_relu_pool (norm_pool.h):
+// BatchNorm with the channel's statistics, ReLU, max pooling.
+struct NormPoolArgs {
+  const float* x;            // the input plane, in_h x in_w
+  float mean, scale, beta;   // y = (x - mean) * scale + beta; scale = gamma / sqrt(var + eps)
+  const NormPoolParams* params;
+  int64_t out_row_begin, out_row_end;
+  float* normalized;         // scratch: (in_h + 1) * in_w floats
+  float* out;                // the output plane, out_h x out_w
+};
+
 struct IsaKernels {
   const char* name;          // kernel_name() of this set
   int lanes;                 // lanes per tile
@@ -85,6 +97,7 @@ struct IsaKernels {
                     const float* sign, const float* bias, int64_t count, uint32_t* dst,
                     int64_t dst_stride);
   void (*finish)(const FinishArgs& args);
+  void (*norm_relu_pool)(const NormPoolArgs& args);
 };
 
 // The sets; avx2/avx512 only when compiled for x86-64 (null otherwise). Call only on a CPU that
@@ -114,16 +127,17 @@ struct TileJob {
   const float* addend;
 };
 
-// Computes every tile of `job` with the kernels of `isa` on up to `threads` OpenMP threads.
+// Computes every tile of `job` with the kernels of `isa` on up to `threads` threads.
 void run_tiles(const IsaKernels& isa, const TileJob& job, int threads);
 
 // The threads worth using for `work` (in binary MACs) split into `items` independent pieces: at
-// most omp_get_max_threads(), and 1 for small work.
+// most num_threads() (parallel.h), and 1 for small work.
 int threads_for(double work, int64_t items);
 
 // The threads worth using for work that streams `floats` floats (packing, BatchNorm, pooling,
-// copies) split into `items` pieces: one float read costs about as much time as 32 binary MACs
-// (it streams from L2/L3 while a MAC is 1/512 of a register operation).
+// copies) split into `items` pieces: one float costs about as much time as 64 binary MACs (packing
+// a float into a bit, or normalizing and pooling it, takes about a cycle with AVX2, where the
+// tiles do ~128 MACs a cycle).
 int threads_for_floats(double floats, int64_t items);
 
 }  // namespace bmx

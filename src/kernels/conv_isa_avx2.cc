@@ -9,6 +9,7 @@
 
 #include "kernels/binary_conv.h"
 #include "kernels/conv_isa.h"
+#include "kernels/norm_pool.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -48,6 +49,7 @@ inline void pack16(const float* x, int64_t channel_stride, int bits, const float
 }
 
 #include "kernels/conv_isa_impl.h"
+#include "kernels/norm_pool_impl.h"
 
 // A tile is one vector of 8 pixels x 8 output channels: 8 byte counters, the activation's two
 // nibble vectors, two weight broadcasts, the table and a temporary fit the 16 ymm registers
@@ -138,7 +140,8 @@ const IsaKernels* avx2_kernels() {
   static const IsaKernels kernels{"avx2-vpshufb", avx2_isa::kLanes, avx2_isa::kChannels, 2,
                                   avx2_isa::prepare_weights, avx2_isa::tile_any,
                                   avx2_isa::impl::pack, avx2_isa::impl::pack_span,
-                                  avx2_isa::impl::finish};
+                                  avx2_isa::impl::finish,
+                                  avx2_isa::norm_impl::norm_relu_pool_rows};
   return &kernels;
 }
 

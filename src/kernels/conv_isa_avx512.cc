@@ -7,6 +7,7 @@
 
 #include "kernels/binary_conv.h"
 #include "kernels/conv_isa.h"
+#include "kernels/norm_pool.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -37,6 +38,7 @@ inline void pack16(const float* x, int64_t channel_stride, int bits, const float
 }
 
 #include "kernels/conv_isa_impl.h"
+#include "kernels/norm_pool_impl.h"
 
 constexpr int kVectors = 4;
 constexpr int kLanes = 16 * kVectors;
@@ -167,7 +169,8 @@ void finish(const FinishArgs& f) {
 const IsaKernels* avx512_kernels() {
   static const IsaKernels kernels{"avx512-vpopcntdq", avx512_isa::kLanes, avx512_isa::kChannels,
                                   1, nullptr, avx512_isa::tile_any, avx512_isa::impl::pack,
-                                  avx512_isa::impl::pack_span, avx512_isa::finish};
+                                  avx512_isa::impl::pack_span, avx512_isa::finish,
+                                  avx512_isa::norm_impl::norm_relu_pool_rows};
   return &kernels;
 }
 

@@ -6,12 +6,14 @@
 
 #include "kernels/binary_conv.h"
 #include "kernels/conv_isa.h"
+#include "kernels/norm_pool.h"
 
 namespace bmx {
 namespace {
 namespace scalar_isa {
 
 #include "kernels/conv_isa_impl.h"
+#include "kernels/norm_pool_impl.h"
 
 // Output pixels x output channels per tile: 4 x 4 counters stay in general-purpose registers.
 constexpr int kLanes = 4;
@@ -88,13 +90,15 @@ const IsaKernels& scalar_kernels() {
   __builtin_cpu_init();
   static const IsaKernels popcnt{"scalar-popcnt", scalar_isa::kLanes, scalar_isa::kChannels, 1,
                                  nullptr, scalar_isa::tile_popcnt_any, scalar_isa::impl::pack,
-                                 scalar_isa::impl::pack_span, scalar_isa::impl::finish};
+                                 scalar_isa::impl::pack_span, scalar_isa::impl::finish,
+                                 scalar_isa::norm_impl::norm_relu_pool_rows};
   if (__builtin_cpu_supports("popcnt")) return popcnt;
 #endif
   static const IsaKernels portable{"scalar-portable", scalar_isa::kLanes, scalar_isa::kChannels,
                                    1, nullptr, scalar_isa::tile_portable_any,
                                    scalar_isa::impl::pack, scalar_isa::impl::pack_span,
-                                   scalar_isa::impl::finish};
+                                   scalar_isa::impl::finish,
+                                   scalar_isa::norm_impl::norm_relu_pool_rows};
   return portable;
 }
 

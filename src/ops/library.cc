@@ -1,5 +1,6 @@
 // The library's one initialize() gate: MXNet calls it on mx.library.load with its version number.
 #include "kernels/isa.h"
+#include "kernels/parallel.h"
 #include "mxnet/lib_api.h"
 
 using mxnet::ext::MXReturnValue;
@@ -25,3 +26,14 @@ extern "C" const char* bmx_set_isa(const char* name) {
   bmx::set_isa(requested);
   return bmx::isa_name(previous);
 }
+
+// For bmxnet_ext.kernels.set_num_threads (ctypes): the op library keeps its own thread pool
+// (src/kernels/parallel.h), as the Cython bindings do. n <= 0 returns to OMP_NUM_THREADS (or the
+// CPU count); returns the previous count.
+extern "C" int bmx_set_num_threads(int n) { return bmx::set_num_threads(n); }
+
+// The most threads an operator uses.
+extern "C" int bmx_num_threads() { return bmx::num_threads(); }
+
+// For tests (ctypes): how many jobs the op library's pool has run on more than one thread.
+extern "C" int64_t bmx_pool_jobs() { return bmx::pool_jobs(); }
