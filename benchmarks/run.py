@@ -547,7 +547,7 @@ def main(argv=None):
     parser.add_argument("--isas", nargs="+", default=ISAS, choices=ISAS)
     parser.add_argument("--models", nargs="+", help="zoo networks timed end to end (default: "
                         f"{', '.join(DEFAULT_MODELS)}, those registered)")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=2,
                         help="interleaved rounds of the busy-core and engine comparisons")
     parser.add_argument("--repeats", type=int, default=15, help="timed repeats per measurement")
     parser.add_argument("--quick", action="store_true",
@@ -589,17 +589,15 @@ def main(argv=None):
     contention, engines = {}, {}
     naive = {"MXNET_ENGINE_TYPE": "NaiveEngine"}
     for model in _progress(compared, "busy core, engines"):
-        idle = _interleaved([(t, model, t, None) for t in args.threads], args.rounds,
-                            args.repeats)
+        idle = _interleaved([(("threaded", t), model, t, None) for t in args.threads]
+                            + [(("naive", t), model, t, naive) for t in args.threads],
+                            args.rounds, args.repeats)
         with _BusyCore():
             busy = _interleaved([(t, model, t, None) for t in args.threads], args.rounds,
                                 args.repeats)
-        contention[model] = {**{("idle", t): ms for t, ms in idle.items()},
+        engines[model] = idle
+        contention[model] = {**{("idle", t): idle[("threaded", t)] for t in args.threads},
                              **{("busy", t): ms for t, ms in busy.items()}}
-        both = _interleaved([(("naive", t), model, t, naive) for t in args.threads]
-                            + [(("threaded", t), model, t, None) for t in args.threads],
-                            args.rounds, args.repeats)
-        engines[model] = both
 
     summaries = _summaries(float_runs, binary_runs, clock_hz)
     rates = _peak_rates(float_runs, binary_runs)
