@@ -37,6 +37,13 @@ constexpr int64_t kChunksPerThread = 8;
 // processes (the libgomp default spins ~100 times longer).
 constexpr std::chrono::microseconds kSpin(5);
 
+// A caller that waited longer than this for its workers' last chunks, and longer than half the
+// time it worked on the job itself, met a worker the system had taken off its core (another
+// process wants it). Waiting for such a worker costs a time slice of milliseconds at every job,
+// so the pool then runs its callers' jobs alone for kAlone before trying its workers again.
+constexpr std::chrono::microseconds kStall(50);
+constexpr std::chrono::milliseconds kAlone(50);
+
 constexpr int kTicketShift = 16;
 static_assert(kMaxThreads < (1 << kTicketShift), "the ticket holds the thread count");
 
@@ -63,6 +70,7 @@ int environment_threads() {
 
 std::atomic<int> g_requested_threads{0};  // set_num_threads' count; 0: the environment's
 std::atomic<int64_t> g_pool_jobs{0};
+std::atomic<int> g_settings{0};  // changed by every set_num_threads
 
 // Spins until ready() for up to kSpin; then sleeps on `cv` until it is, counted in `sleepers`
 // while asleep. Whoever makes ready() true calls wake() with the same arguments afterwards.
@@ -98,6 +106,14 @@ class Pool {
     if (busy_.load(std::memory_order_relaxed) || busy_.exchange(true, std::memory_order_acquire)) {
       return false;
     }
+    const auto start = Clock::now();
+    const int settings = g_settings.load(std::memory_order_relaxed);
+    if (settings != settings_) alone_until_ = Clock::time_point{};  // a new count: try at once
+    settings_ = settings;
+    if (start < alone_until_) {
+      busy_.store(false, std::memory_order_release);
+      return false;
+    }
     threads = std::min(threads, 1 + grow(threads - 1));
     fn_ = fn;
     body_ = body;
@@ -111,8 +127,11 @@ class Pool {
     wake(mutex_, wake_workers_, sleeping_workers_);
     work(0);
     ticket_.store(generation_ << kTicketShift);
+    const auto worked = Clock::now();
     wait_until([&] { return done_.load() == items_ && inside_.load() == 0; }, mutex_,
                wake_caller_, sleeping_callers_);
+    const auto waited = Clock::now() - worked;
+    if (waited > kStall && waited > (worked - start) / 2) alone_until_ = worked + waited + kAlone;
     busy_.store(false, std::memory_order_release);
     return true;
   }
@@ -156,9 +175,13 @@ class Pool {
     }
   }
 
+  using Clock = std::chrono::steady_clock;
+
   std::atomic<bool> busy_{false};
   int workers_ = 0;            // changed by the caller holding busy_ only
   uint64_t generation_ = 0;    // likewise
+  Clock::time_point alone_until_{};  // likewise
+  int settings_ = 0;                 // likewise: the g_settings alone_until_ was set under
   // The job: written by the caller while nobody is inside, read by the threads inside.
   detail::ChunkFn fn_ = nullptr;
   const void* body_ = nullptr;
@@ -202,6 +225,7 @@ int num_threads() {
 int set_num_threads(int n) {
   const int previous = num_threads();
   g_requested_threads.store(n > 0 ? clamp_threads(n) : 0, std::memory_order_relaxed);
+  g_settings.fetch_add(1, std::memory_order_relaxed);
   return previous;
 }
 

@@ -10,7 +10,10 @@
 // while the pool runs another caller's job (MXNet's threaded engine may run two operators at
 // once; Python threads may call the bindings at once) or from inside a job runs alone on its
 // calling thread: never a deadlock, never a nested dispatch. A child process forked after the
-// pool started gets a fresh pool on first use.
+// pool started gets a fresh pool on first use. When a caller had to wait long for a worker the
+// system had taken off its core (another process keeps the cores busy), the pool runs jobs on
+// their callers alone for a while (50 ms) before it tries its workers again: two threads then
+// cost about what one does instead of a time slice per job.
 //
 // Results do not depend on the thread count as long as each item writes its own outputs.
 #ifndef BMXNET_KERNELS_PARALLEL_H_
@@ -28,7 +31,8 @@ namespace bmx {
 int num_threads();
 
 // Makes num_threads() return n (clamped to [1, kMaxThreads]), or with n <= 0 the environment's
-// count again. Returns the previous num_threads(). The pool grows on its next job if needed.
+// count again. Returns the previous num_threads(). The pool grows on its next job if needed, and
+// tries its workers again at once if it had been running jobs alone (below).
 int set_num_threads(int n);
 
 constexpr int kMaxThreads = 256;
