@@ -219,6 +219,16 @@ def _fused_residual(block):
     return XnorResidualUnit.from_layers(XnorConv2D.from_layer(conv.conv), block.norm)
 
 
+def _norm_relu_pool_at(children, i):
+    """(NormReluPool, layers it replaces) for the longest run starting at children[i] that fuses
+    (three layers, then two), or (None, 0)."""
+    for width in (3, 2):
+        block = NormReluPool.from_layers(children[i:i + width])
+        if block is not None:
+            return block, width
+    return None, 0
+
+
 def _replace_runs(sequential):
     """Replaces runs of dense / improvement blocks of a HybridSequential by stages, and
     BatchNorm, ReLU and max pooling (or BatchNorm and ReLU) next to each other by a
@@ -226,10 +236,9 @@ def _replace_runs(sequential):
     children = list(sequential._children.values())
     merged, fused, i = [], 0, 0
     while i < len(children):
-        width = next((n for n in (3, 2)
-                      if NormReluPool.from_layers(children[i:i + n]) is not None), None)
-        if width is not None:
-            merged.append(NormReluPool.from_layers(children[i:i + width]))
+        norm_pool, width = _norm_relu_pool_at(children, i)
+        if norm_pool is not None:
+            merged.append(norm_pool)
             i += width
             continue
         j = i
