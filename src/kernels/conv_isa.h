@@ -79,6 +79,20 @@ struct NormPoolArgs {
   float* out;                // the output plane, out_h x out_w
 };
 
+struct GroupConvRowArgs {
+  const float* in;           // the padded input at the row's first tap: channel c, kernel row ky
+  int64_t channel_stride;    //   of output ox at in + c * channel_stride + ky * row_stride
+  int64_t row_stride;        //   + ox * stride_w
+  int64_t channels, kernel_h, kernel_w, stride_w;
+  const float* weight;       // the group's [out_channels][channels][kernel_h][kernel_w]
+  int64_t out_channels;      // of the group
+  int64_t full_channels;     // channels j < full_channels sum as one chain (group_conv.h)
+  int64_t out_w;
+  int64_t paired_from;       // outputs ox >= paired_from lie in the image's short last block
+  float* out;                // channel j, output ox at out[j * out_channel_stride + ox]
+  int64_t out_channel_stride;
+};
+
 struct IsaKernels {
   const char* name;          // kernel_name() of this set
   int lanes;                 // lanes per tile
@@ -98,6 +112,8 @@ struct IsaKernels {
                     int64_t dst_stride);
   void (*finish)(const FinishArgs& args);
   void (*norm_relu_pool)(const NormPoolArgs& args);
+  // One output row of one group of group_conv.h, all of the group's output channels.
+  void (*group_conv_row)(const GroupConvRowArgs& args);
 };
 
 // The sets; avx2/avx512 only when compiled for x86-64 (null otherwise). Call only on a CPU that

@@ -9,6 +9,7 @@
 
 #include "kernels/binary_conv.h"
 #include "kernels/conv_isa.h"
+#include "kernels/group_conv.h"
 #include "kernels/norm_pool.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -19,7 +20,7 @@ namespace {
 namespace avx2_isa {
 
 #pragma GCC push_options
-#pragma GCC target("avx2")
+#pragma GCC target("avx2,fma")
 
 // 16 pixels' words as two vectors of 8: compare, keep the channel's bit, OR it in. (GCC lowers
 // the generic 16-float vectors of conv_isa_impl.h to scalar code for AVX2.)
@@ -50,6 +51,98 @@ inline void pack16(const float* x, int64_t channel_stride, int bits, const float
 
 #include "kernels/conv_isa_impl.h"
 #include "kernels/norm_pool_impl.h"
+
+// group_conv_impl.h's rows, V (1 or 2) vectors of 8 outputs at a time: the chains of up to 6 full
+// channels (V = 2: 12 accumulators, enough to cover the latency of the fused multiply-adds), then
+// the tail channels' two chains of rounded products and sums, one channel at a time. Named
+// accumulators, as in tile() below: GCC keeps arrays of them on the stack.
+#define BMX_ISA_HAS_GROUP_CONV_VEC 1
+#define BMX_GROUP_CHAIN(c)                                                  \
+  if (C > c) {                                                              \
+    const __m256 wc = _mm256_broadcast_ss(w + c * taps + k);                \
+    acc##c##_0 = _mm256_fmadd_ps(x0, wc, acc##c##_0);                       \
+    if (V > 1) acc##c##_1 = _mm256_fmadd_ps(x1, wc, acc##c##_1);            \
+  }
+#define BMX_GROUP_STORE(c)                                                  \
+  if (C > c) {                                                              \
+    _mm256_storeu_ps(out + c * a.out_channel_stride, acc##c##_0);           \
+    if (V > 1) _mm256_storeu_ps(out + c * a.out_channel_stride + 8, acc##c##_1); \
+  }
+template <int V, int C>
+inline void group_chains(const GroupConvRowArgs& a, const float* in, const float* w,
+                         int64_t taps, float* out) {
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 acc0_0 = zero, acc0_1 = zero, acc1_0 = zero, acc1_1 = zero, acc2_0 = zero,
+         acc2_1 = zero, acc3_0 = zero, acc3_1 = zero, acc4_0 = zero, acc4_1 = zero,
+         acc5_0 = zero, acc5_1 = zero;
+  for (int64_t ch = 0, k = 0; ch < a.channels; ++ch) {
+    for (int64_t ky = 0; ky < a.kernel_h; ++ky) {
+      const float* row = in + ch * a.channel_stride + ky * a.row_stride;
+      for (int64_t kx = 0; kx < a.kernel_w; ++kx, ++k) {
+        const __m256 x0 = _mm256_loadu_ps(row + kx);
+        const __m256 x1 = V > 1 ? _mm256_loadu_ps(row + kx + 8) : zero;
+        BMX_GROUP_CHAIN(0) BMX_GROUP_CHAIN(1) BMX_GROUP_CHAIN(2)
+        BMX_GROUP_CHAIN(3) BMX_GROUP_CHAIN(4) BMX_GROUP_CHAIN(5)
+      }
+    }
+  }
+  BMX_GROUP_STORE(0) BMX_GROUP_STORE(1) BMX_GROUP_STORE(2)
+  BMX_GROUP_STORE(3) BMX_GROUP_STORE(4) BMX_GROUP_STORE(5)
+}
+#undef BMX_GROUP_CHAIN
+#undef BMX_GROUP_STORE
+
+template <int V>
+inline void group_pairs(const GroupConvRowArgs& a, const float* in, const float* w,
+                        float* out) {
+  // `next` takes the next tap, then the two swap: even and odd taps alternate between them.
+  const __m256 zero = _mm256_setzero_ps();
+  __m256 next0 = zero, next1 = zero, other0 = zero, other1 = zero;
+  for (int64_t ch = 0; ch < a.channels; ++ch) {
+    for (int64_t ky = 0; ky < a.kernel_h; ++ky) {
+      const float* row = in + ch * a.channel_stride + ky * a.row_stride;
+      for (int64_t kx = 0; kx < a.kernel_w; ++kx, ++w) {
+        const __m256 wk = _mm256_broadcast_ss(w);
+        const __m256 sum0 = _mm256_add_ps(next0, _mm256_mul_ps(_mm256_loadu_ps(row + kx), wk));
+        next0 = other0;
+        other0 = sum0;
+        if (V > 1) {
+          const __m256 sum1 =
+              _mm256_add_ps(next1, _mm256_mul_ps(_mm256_loadu_ps(row + kx + 8), wk));
+          next1 = other1;
+          other1 = sum1;
+        }
+      }
+    }
+  }
+  _mm256_storeu_ps(out, _mm256_add_ps(next0, other0));
+  if (V > 1) _mm256_storeu_ps(out + 8, _mm256_add_ps(next1, other1));
+}
+
+template <int V>
+inline void group_conv_vec(const GroupConvRowArgs& a, int64_t ox) {
+  const int64_t taps = a.channels * a.kernel_h * a.kernel_w;
+  const float* in = a.in + ox;
+  int64_t j = 0;
+  for (; j + 6 <= a.full_channels; j += 6) {
+    group_chains<V, 6>(a, in, a.weight + j * taps, taps, a.out + j * a.out_channel_stride + ox);
+  }
+  const float* w = a.weight + j * taps;
+  float* out = a.out + j * a.out_channel_stride + ox;
+  switch (a.full_channels - j) {
+    case 1: group_chains<V, 1>(a, in, w, taps, out); break;
+    case 2: group_chains<V, 2>(a, in, w, taps, out); break;
+    case 3: group_chains<V, 3>(a, in, w, taps, out); break;
+    case 4: group_chains<V, 4>(a, in, w, taps, out); break;
+    case 5: group_chains<V, 5>(a, in, w, taps, out); break;
+    default: break;
+  }
+  for (j = a.full_channels; j < a.out_channels; ++j) {
+    group_pairs<V>(a, in, a.weight + j * taps, a.out + j * a.out_channel_stride + ox);
+  }
+}
+
+#include "kernels/group_conv_impl.h"
 
 // A tile is one vector of 8 pixels x 8 output channels: 8 byte counters, the activation's two
 // nibble vectors, two weight broadcasts, the table and a temporary fit the 16 ymm registers
@@ -141,7 +234,8 @@ const IsaKernels* avx2_kernels() {
                                   avx2_isa::prepare_weights, avx2_isa::tile_any,
                                   avx2_isa::impl::pack, avx2_isa::impl::pack_span,
                                   avx2_isa::impl::finish,
-                                  avx2_isa::norm_impl::norm_relu_pool_rows};
+                                  avx2_isa::norm_impl::norm_relu_pool_rows,
+                                 avx2_isa::group_impl::group_conv_row};
   return &kernels;
 }
 

@@ -170,7 +170,9 @@ const IsaKernels* avx512_kernels() {
   static const IsaKernels kernels{"avx512-vpopcntdq", avx512_isa::kLanes, avx512_isa::kChannels,
                                   1, nullptr, avx512_isa::tile_any, avx512_isa::impl::pack,
                                   avx512_isa::impl::pack_span, avx512_isa::finish,
-                                  avx512_isa::norm_impl::norm_relu_pool_rows};
+                                  avx512_isa::norm_impl::norm_relu_pool_rows,
+                                  // every AVX-512 CPU has AVX2 and FMA
+                                  avx2_kernels()->group_conv_row};
   return &kernels;
 }
 

@@ -6,6 +6,7 @@
 
 #include "kernels/binary_conv.h"
 #include "kernels/conv_isa.h"
+#include "kernels/group_conv.h"
 #include "kernels/norm_pool.h"
 
 namespace bmx {
@@ -14,6 +15,7 @@ namespace scalar_isa {
 
 #include "kernels/conv_isa_impl.h"
 #include "kernels/norm_pool_impl.h"
+#include "kernels/group_conv_impl.h"
 
 // Output pixels x output channels per tile: 4 x 4 counters stay in general-purpose registers.
 constexpr int kLanes = 4;
@@ -91,14 +93,16 @@ const IsaKernels& scalar_kernels() {
   static const IsaKernels popcnt{"scalar-popcnt", scalar_isa::kLanes, scalar_isa::kChannels, 1,
                                  nullptr, scalar_isa::tile_popcnt_any, scalar_isa::impl::pack,
                                  scalar_isa::impl::pack_span, scalar_isa::impl::finish,
-                                 scalar_isa::norm_impl::norm_relu_pool_rows};
+                                 scalar_isa::norm_impl::norm_relu_pool_rows,
+                                 scalar_isa::group_impl::group_conv_row};
   if (__builtin_cpu_supports("popcnt")) return popcnt;
 #endif
   static const IsaKernels portable{"scalar-portable", scalar_isa::kLanes, scalar_isa::kChannels,
                                    1, nullptr, scalar_isa::tile_portable_any,
                                    scalar_isa::impl::pack, scalar_isa::impl::pack_span,
                                    scalar_isa::impl::finish,
-                                   scalar_isa::norm_impl::norm_relu_pool_rows};
+                                   scalar_isa::norm_impl::norm_relu_pool_rows,
+                                 scalar_isa::group_impl::group_conv_row};
   return portable;
 }
 

@@ -86,7 +86,10 @@ bool cpu_supports(Isa isa) {
 #if defined(__x86_64__) && defined(__GNUC__)
   // __builtin_cpu_supports checks the CPUID bits and that the OS saves the wide registers.
   __builtin_cpu_init();
-  if (isa == Isa::kAvx2) return avx2_kernels() != nullptr && __builtin_cpu_supports("avx2");
+  if (isa == Isa::kAvx2) {
+    return avx2_kernels() != nullptr && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma");
+  }
   return avx512_kernels() != nullptr && __builtin_cpu_supports("avx512f") &&
          __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
          __builtin_cpu_supports("avx512vpopcntdq");
