@@ -25,6 +25,9 @@ spends most of its time:
   the transitions' head; BatchNorm -> ReLU alone, as in the stem, is the same operator with a
   1x1 window): the same float values as MXNet's operators on a plain NCHW input, checked on a
   probe before it replaces them.
+- **Grouped float convolutions with few input channels per group** (:class:`GroupedConv2D`,
+  MeliusNet's grouped stem): one ``bmx_grouped_conv2d`` that sums as this machine's oneDNN does,
+  used only where it equals MXNet's Convolution bit for bit on probes.
 """
 import warnings
 from collections import OrderedDict
@@ -38,7 +41,8 @@ from ..binary.layers import BinaryConvolution
 from ..binary.quicknet_blocks import QuickNetBlock
 from ..utils.blocktree import replace_child
 from . import kernels
-from .packed import NormReluPool, XnorBinaryStage, XnorConv2D, XnorResidualUnit
+from .packed import (GroupedConv2D, NormReluPool, XnorBinaryStage, XnorConv2D,
+                     XnorResidualUnit)
 
 __all__ = ["fold_batchnorm", "fuse_binary_units"]
 
@@ -230,12 +234,17 @@ def _norm_relu_pool_at(children, i):
 
 
 def _replace_runs(sequential):
-    """Replaces runs of dense / improvement blocks of a HybridSequential by stages, and
+    """Replaces runs of dense / improvement blocks of a HybridSequential by stages,
     BatchNorm, ReLU and max pooling (or BatchNorm and ReLU) next to each other by a
-    NormReluPool."""
+    NormReluPool, and grouped convolutions with few channels per group by GroupedConv2D."""
     children = list(sequential._children.values())
     merged, fused, i = [], 0, 0
     while i < len(children):
+        grouped = GroupedConv2D.from_layer(children[i])
+        if grouped is not None:
+            merged.append(grouped)
+            i += 1
+            continue
         norm_pool, width = _norm_relu_pool_at(children, i)
         if norm_pool is not None:
             merged.append(norm_pool)
