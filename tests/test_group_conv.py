@@ -1,6 +1,6 @@
 """bmx_grouped_conv2d: grouped float convolutions with few input channels per group (MeliusNet's
-grouped stem) summed as MXNet's oneDNN gemm convolution sums them, and GroupedConv2D, which the
-converter uses only where that holds on this machine."""
+grouped stem) summed as MXNet's oneDNN sums them (its gemm convolution, or its direct kernel),
+and GroupedConv2D, which the converter uses only where that holds on this machine."""
 import mxnet as mx
 import numpy as np
 import pytest
@@ -27,6 +27,15 @@ CASES = [
     (1, 32, 20, 23, 64, 8, 3, 2, 1),
     (1, 16, 11, 11, 32, 4, 5, 1, 2),
 ]
+# The direct kernel's order: MeliusNet's 4-group stem conv (8 input channels per group), two
+# blocks of 8 per group, 3 input channels (the first stem conv) at stride 2 with a 7x7 window.
+DIRECT_CASES = [
+    (1, 32, 112, 112, 32, 4, 3, 1, 1),
+    (2, 32, 15, 13, 32, 4, 3, 1, 1),
+    (1, 64, 12, 12, 64, 4, 3, 1, 1),
+    (1, 3, 31, 29, 32, 1, 3, 2, 1),
+    (1, 3, 40, 40, 64, 1, 7, 2, 3),
+]
 
 
 def _inputs(case, seed=0):
@@ -38,10 +47,11 @@ def _inputs(case, seed=0):
     return mx.nd.array(x), mx.nd.array(w)
 
 
-def _ours(x, w, case):
+def _ours(x, w, case, order="gemm"):
     _, _, _, _, out_channels, groups, kernel, stride, pad = case
     return mx.nd.bmx_grouped_conv2d(x, w, kernel=(kernel, kernel), stride=(stride, stride),
-                                    pad=(pad, pad), num_filter=out_channels, num_group=groups)
+                                    pad=(pad, pad), num_filter=out_channels, num_group=groups,
+                                    order=order)
 
 
 def _mxnet(x, w, case):
@@ -61,14 +71,25 @@ def _stem_conv():
     return conv
 
 
-def _machine_sums_as_documented():
-    return packed.GroupedConv2D.from_layer(_stem_conv()) is not None
+def _order_found(conv):
+    block = packed.GroupedConv2D.from_layer(conv)
+    return None if block is None else (block._attrs["order"], block._attrs["block"])
+
+
+def _four_group_conv():
+    conv = nn.Conv2D(32, 3, padding=1, groups=4, use_bias=False, in_channels=32)
+    conv.initialize(mx.init.Xavier(magnitude=2))
+    return conv
 
 
 needs_gemm_order = pytest.mark.skipif(
-    not _machine_sums_as_documented(),
-    reason="this machine's oneDNN sums the grouped stem conv in another order (the converter "
+    _order_found(_stem_conv()) != ("gemm", 8),
+    reason="this machine's oneDNN sums the 8-group stem conv in another order (the converter "
            "keeps MXNet's Convolution here)")
+needs_direct_order = pytest.mark.skipif(
+    _order_found(_four_group_conv()) != ("direct", 8),
+    reason="this machine's oneDNN sums the 4-group stem conv in another order than its AVX2 "
+           "direct kernel's")
 
 
 @needs_gemm_order
@@ -78,14 +99,22 @@ def test_op_equals_mxnet_convolution_bit_for_bit(op_isa, case):
     assert np.array_equal(_bits(_ours(x, w, case)), _bits(_mxnet(x, w, case)))
 
 
-@pytest.mark.parametrize("case", CASES, ids=str)
-def test_every_isa_gives_the_scalar_paths_bits(case):
+@needs_direct_order
+@pytest.mark.parametrize("case", DIRECT_CASES, ids=str)
+def test_direct_order_equals_mxnet_convolution_bit_for_bit(op_isa, case):
+    x, w = _inputs(case)
+    assert np.array_equal(_bits(_ours(x, w, case, "direct")), _bits(_mxnet(x, w, case)))
+
+
+@pytest.mark.parametrize("order, case", [("gemm", case) for case in CASES]
+                         + [("direct", case) for case in DIRECT_CASES], ids=str)
+def test_every_isa_gives_the_scalar_paths_bits(order, case):
     x, w = _inputs(case, seed=1)
     with bmxnet_ext.kernels.use_isa("scalar"):
-        expected = _bits(_ours(x, w, case))
+        expected = _bits(_ours(x, w, case, order))
     for isa in bmxnet_ext.kernels.supported_isas():
         with bmxnet_ext.kernels.use_isa(isa):
-            assert np.array_equal(_bits(_ours(x, w, case)), expected), isa
+            assert np.array_equal(_bits(_ours(x, w, case, order)), expected), isa
 
 
 @pytest.mark.parametrize("width, pad, chained", [(3, 1, True), (5, 0, False)])
@@ -106,11 +135,28 @@ def test_op_sums_in_the_documented_order(width, pad, chained):
     assert out[(0, 7) + pixel] == 2.0 ** 25 + 4
 
 
+@pytest.mark.parametrize("block, expected", [(8, 2.0 ** 25), (1, 2.0 ** 25 + 4)])
+def test_direct_order_sums_over_channel_blocks_then_window(block, expected):
+    # 2^25 at (channel 1, row 0, column 0), then four ones: channel 0 at (0, 1), (1, 0), (1, 1)
+    # and channel 1 at (0, 1). Blocks of 8 channels sum (row, column, channel): 2^25 comes
+    # second and the ones after it vanish one by one except the first; blocks of one channel sum
+    # channel 0's window first: 3 + 2^25 + 1 rounds to 2^25 + 4.
+    x = np.ones((1, 8, 2, 2), np.float32)
+    w = np.zeros((8, 8, 2, 2), np.float32)
+    w[0, 1, 0, 0] = 2.0 ** 25
+    w[0, 0, 0, 1] = w[0, 0, 1, 0] = w[0, 0, 1, 1] = w[0, 1, 0, 1] = 1.0
+    out = mx.nd.bmx_grouped_conv2d(mx.nd.array(x), mx.nd.array(w), kernel=(2, 2),
+                                   num_filter=8, num_group=1, order="direct",
+                                   block=block).asnumpy()
+    assert out[0, 0, 0, 0] == expected
+
+
 @pytest.mark.parametrize("attrs, message", [
     (dict(kernel=(3, 3), num_filter=64, num_group=7), "must divide"),
     (dict(kernel=(3, 3), num_filter=64, num_group=8, dilate=(2, 2)), "dilate"),
     (dict(num_filter=64, num_group=8), "kernel"),
     (dict(kernel=(9, 9), num_filter=64, num_group=8), "does not fit"),
+    (dict(kernel=(3, 3), num_filter=64, num_group=8, order="winograd"), "order must be"),
 ])
 def test_op_rejects_bad_input_with_a_message(attrs, message):
     kernel = attrs.get("kernel", (3, 3))
@@ -121,11 +167,14 @@ def test_op_rejects_bad_input_with_a_message(attrs, message):
 
 def test_only_few_channel_grouped_convolutions_apply():
     assert packed.GroupedConv2D.applies_to(_stem_conv())
-    dense = nn.Conv2D(64, 3, padding=1, use_bias=False, in_channels=32)
-    eight = nn.Conv2D(32, 3, padding=1, groups=4, use_bias=False, in_channels=32)
+    assert packed.GroupedConv2D.applies_to(_four_group_conv())
+    dense = nn.Conv2D(64, 3, padding=1, use_bias=False, in_channels=3)
+    wide = nn.Conv2D(32, 3, padding=1, groups=2, use_bias=False, in_channels=32)
+    depthwise = nn.Conv2D(32, 3, padding=1, groups=32, use_bias=False, in_channels=32)
+    pointwise = nn.Conv2D(64, 1, groups=8, use_bias=False, in_channels=32)
     biased = nn.Conv2D(64, 3, padding=1, groups=8, in_channels=32)
     dilated = nn.Conv2D(64, 3, padding=2, dilation=2, groups=8, use_bias=False, in_channels=32)
-    for conv in (dense, eight, biased, dilated):
+    for conv in (dense, wide, depthwise, pointwise, biased, dilated):
         assert not packed.GroupedConv2D.applies_to(conv)
 
 
@@ -141,6 +190,7 @@ def test_a_grouped_conv_that_does_not_reproduce_stays_mxnets(monkeypatch):
 
 
 @needs_gemm_order
+@needs_direct_order
 def test_fused_network_with_the_op_computes_the_bits_of_mxnets_convolution(tmp_path,
                                                                            monkeypatch):
     shape = (2, 3, 64, 64)
@@ -148,7 +198,8 @@ def test_fused_network_with_the_op_computes_the_bits_of_mxnets_convolution(tmp_p
                                            stem="grouped_stem"), shape)
     fused = convert_to_xnor(net, input_shape=shape, fuse=True)
     grouped = _blocks(fused, packed.GroupedConv2D)
-    assert [block._attrs["num_group"] for block in grouped] == [8]
+    assert [block._attrs["num_group"] for block in grouped] == [4, 8]
+    assert [block._attrs["order"] for block in grouped] == ["direct", "gemm"]
     with monkeypatch.context() as patch:
         patch.setattr(packed.GroupedConv2D, "from_layer", lambda conv: None)
         with_mxnets = convert_to_xnor(net, input_shape=shape, fuse=True)

@@ -305,60 +305,74 @@ class XnorResidualUnit(HybridBlock):
 
 
 class GroupedConv2D(HybridBlock):
-    """A float ``nn.Conv2D`` with few input channels per group (MeliusNet's grouped stem) as one
-    ``bmx_grouped_conv2d`` operator, sharing the convolution's weight (same name in an export).
+    """A grouped float ``nn.Conv2D`` with few input channels per group (MeliusNet's grouped stem)
+    as one ``bmx_grouped_conv2d`` operator, sharing the convolution's weight (same name in an
+    export).
 
-    MXNet runs these as oneDNN's gemm convolution at about a tenth of its usual rate and in a
-    memory layout the next operators must reorder; the operator sums in the same order (see
-    ``src/kernels/group_conv.h``), several times faster, and writes plain NCHW. Another
-    machine's oneDNN may sum otherwise, so :meth:`from_layer` uses it only where it reproduces
-    MXNet bit for bit on a probe."""
+    MXNet runs these through oneDNN at a low rate (its gemm convolution for fewer than 8 input
+    channels per group: about 1.3 multiply-adds a cycle) and in blocked memory layouts the next
+    operators must reorder. The operator sums in one of oneDNN's orders (``order="gemm"`` or
+    ``"direct"`` with an input channel ``block``, ``src/kernels/group_conv.h``), a few times
+    faster, and writes plain NCHW. Which order this machine's oneDNN uses depends on its
+    instruction set, so :meth:`from_layer` takes the first that reproduces MXNet bit for bit on
+    probes, or none."""
 
     # Spatial probe sizes: output pixel counts with each kind of last 16-pixel block (none, short,
     # long) at stride 1 and 2, and a batch of two.
     _PROBE_SHAPES = ((1, 16, 16), (2, 13, 13), (1, 5, 7), (1, 17, 17), (2, 9, 30))
+    # (order, block) candidates, in the order they are tried.
+    _ORDERS = (("gemm", 8), ("direct", 8), ("direct", 16))
+    # The largest input channels per group this is for (oneDNN is fast on wider groups).
+    MAX_GROUP_CHANNELS = 8
 
-    def __init__(self, conv, **kwargs):
+    def __init__(self, conv, order="gemm", block=8, **kwargs):
         super().__init__(prefix=conv.prefix, params=conv.params, **kwargs)
         k = conv._kwargs
         self._attrs = {"kernel": tuple(k["kernel"]), "stride": tuple(k["stride"]),
                        "pad": tuple(k["pad"]), "num_filter": k["num_filter"],
-                       "num_group": k["num_group"]}
+                       "num_group": k["num_group"], "order": order, "block": block}
         with self.name_scope():
             self.weight = self.params.get("weight")
 
-    @staticmethod
-    def applies_to(layer):
-        """True for a grouped ``nn.Conv2D`` with fewer than 8 input channels per group, no bias,
-        no dilation and no activation: the convolutions MXNet runs as a gemm convolution."""
+    @classmethod
+    def applies_to(cls, layer):
+        """True for a grouped ``nn.Conv2D`` with a spatial window, 2 to
+        :attr:`MAX_GROUP_CHANNELS` input channels per group, no bias, no dilation and no
+        activation. Depthwise and ungrouped convolutions stay MXNet's: measured in a network
+        (MeliusNet22, QuickNet), oneDNN's kernels for them are as fast or faster."""
         if not isinstance(layer, nn.Conv2D) or layer.bias is not None or layer.act is not None:
             return False
         k = layer._kwargs
         groups, in_channels = k["num_group"], layer._in_channels
-        return (groups > 1 and in_channels > 0 and in_channels // groups < 8
-                and len(k["kernel"]) == 2 and tuple(k["dilate"]) == (1, 1)
-                and k.get("layout", "NCHW") == "NCHW")
+        per_group = in_channels // groups
+        return (in_channels > 0 and per_group <= cls.MAX_GROUP_CHANNELS
+                and groups > 1 and per_group > 1
+                and len(k["kernel"]) == 2 and tuple(k["kernel"]) != (1, 1)
+                and tuple(k["dilate"]) == (1, 1) and k.get("layout", "NCHW") == "NCHW")
 
     @classmethod
     def from_layer(cls, conv):
-        """The operator form of ``conv``, or None when :meth:`applies_to` is false or it does not
-        reproduce MXNet's Convolution exactly on the probes (this machine's oneDNN sums
-        otherwise; no warning, the convolution simply stays as it is)."""
+        """The operator form of ``conv`` in the first order that reproduces MXNet's Convolution
+        exactly on every probe, or None when :meth:`applies_to` is false or no order does (this
+        machine's oneDNN sums otherwise; no warning, the convolution simply stays as it is)."""
         if not cls.applies_to(conv):
             return None
-        block = cls(conv)
         rng = np.random.RandomState(0)
+        probes = []
         for batch, height, width in cls._PROBE_SHAPES:
             probe = rng.standard_normal((batch, conv._in_channels, height, width)) * 2
             probe[probe < -1.5] = 0  # zeros, as after a ReLU
             probe = mx.nd.array(probe.astype(np.float32))
             try:
-                got = block(probe).asnumpy()
-            except mx.base.MXNetError:  # the kernel does not fit the probe
+                probes.append((probe, conv(probe).asnumpy().view(np.int32)))
+            except mx.base.MXNetError:  # the window does not fit the probe
                 continue
-            if not np.array_equal(got.view(np.int32), conv(probe).asnumpy().view(np.int32)):
-                return None
-        return block
+        for order, block in cls._ORDERS:
+            candidate = cls(conv, order, block)
+            if probes and all(np.array_equal(candidate(probe).asnumpy().view(np.int32), expected)
+                              for probe, expected in probes):
+                return candidate
+        return None
 
     def hybrid_forward(self, F, x, weight):
         return F.bmx_grouped_conv2d(x, weight, name=OP_NODE_NAME, **self._attrs)

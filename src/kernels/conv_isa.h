@@ -80,11 +80,10 @@ struct NormPoolArgs {
 };
 
 struct GroupConvRowArgs {
-  const float* in;           // the padded input at the row's first tap: channel c, kernel row ky
-  int64_t channel_stride;    //   of output ox at in + c * channel_stride + ky * row_stride
-  int64_t row_stride;        //   + ox * stride_w
-  int64_t channels, kernel_h, kernel_w, stride_w;
-  const float* weight;       // the group's [out_channels][channels][kernel_h][kernel_w]
+  const float* in;           // the row's input: tap t of output ox at in[taps[t] + ox]
+  const int64_t* taps;       // the taps in summation order (group_conv.h)
+  int64_t tap_count;
+  const float* weight;       // the group's weights [out_channels][tap_count], in tap order
   int64_t out_channels;      // of the group
   int64_t full_channels;     // channels j < full_channels sum as one chain (group_conv.h)
   int64_t out_w;

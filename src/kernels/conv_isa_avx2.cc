@@ -75,16 +75,12 @@ inline void group_chains(const GroupConvRowArgs& a, const float* in, const float
   __m256 acc0_0 = zero, acc0_1 = zero, acc1_0 = zero, acc1_1 = zero, acc2_0 = zero,
          acc2_1 = zero, acc3_0 = zero, acc3_1 = zero, acc4_0 = zero, acc4_1 = zero,
          acc5_0 = zero, acc5_1 = zero;
-  for (int64_t ch = 0, k = 0; ch < a.channels; ++ch) {
-    for (int64_t ky = 0; ky < a.kernel_h; ++ky) {
-      const float* row = in + ch * a.channel_stride + ky * a.row_stride;
-      for (int64_t kx = 0; kx < a.kernel_w; ++kx, ++k) {
-        const __m256 x0 = _mm256_loadu_ps(row + kx);
-        const __m256 x1 = V > 1 ? _mm256_loadu_ps(row + kx + 8) : zero;
-        BMX_GROUP_CHAIN(0) BMX_GROUP_CHAIN(1) BMX_GROUP_CHAIN(2)
-        BMX_GROUP_CHAIN(3) BMX_GROUP_CHAIN(4) BMX_GROUP_CHAIN(5)
-      }
-    }
+  for (int64_t k = 0; k < taps; ++k) {
+    const float* at = in + a.taps[k];
+    const __m256 x0 = _mm256_loadu_ps(at);
+    const __m256 x1 = V > 1 ? _mm256_loadu_ps(at + 8) : zero;
+    BMX_GROUP_CHAIN(0) BMX_GROUP_CHAIN(1) BMX_GROUP_CHAIN(2)
+    BMX_GROUP_CHAIN(3) BMX_GROUP_CHAIN(4) BMX_GROUP_CHAIN(5)
   }
   BMX_GROUP_STORE(0) BMX_GROUP_STORE(1) BMX_GROUP_STORE(2)
   BMX_GROUP_STORE(3) BMX_GROUP_STORE(4) BMX_GROUP_STORE(5)
@@ -98,21 +94,16 @@ inline void group_pairs(const GroupConvRowArgs& a, const float* in, const float*
   // `next` takes the next tap, then the two swap: even and odd taps alternate between them.
   const __m256 zero = _mm256_setzero_ps();
   __m256 next0 = zero, next1 = zero, other0 = zero, other1 = zero;
-  for (int64_t ch = 0; ch < a.channels; ++ch) {
-    for (int64_t ky = 0; ky < a.kernel_h; ++ky) {
-      const float* row = in + ch * a.channel_stride + ky * a.row_stride;
-      for (int64_t kx = 0; kx < a.kernel_w; ++kx, ++w) {
-        const __m256 wk = _mm256_broadcast_ss(w);
-        const __m256 sum0 = _mm256_add_ps(next0, _mm256_mul_ps(_mm256_loadu_ps(row + kx), wk));
-        next0 = other0;
-        other0 = sum0;
-        if (V > 1) {
-          const __m256 sum1 =
-              _mm256_add_ps(next1, _mm256_mul_ps(_mm256_loadu_ps(row + kx + 8), wk));
-          next1 = other1;
-          other1 = sum1;
-        }
-      }
+  for (int64_t k = 0; k < a.tap_count; ++k) {
+    const float* at = in + a.taps[k];
+    const __m256 wk = _mm256_broadcast_ss(w + k);
+    const __m256 sum0 = _mm256_add_ps(next0, _mm256_mul_ps(_mm256_loadu_ps(at), wk));
+    next0 = other0;
+    other0 = sum0;
+    if (V > 1) {
+      const __m256 sum1 = _mm256_add_ps(next1, _mm256_mul_ps(_mm256_loadu_ps(at + 8), wk));
+      next1 = other1;
+      other1 = sum1;
     }
   }
   _mm256_storeu_ps(out, _mm256_add_ps(next0, other0));
@@ -121,7 +112,7 @@ inline void group_pairs(const GroupConvRowArgs& a, const float* in, const float*
 
 template <int V>
 inline void group_conv_vec(const GroupConvRowArgs& a, int64_t ox) {
-  const int64_t taps = a.channels * a.kernel_h * a.kernel_w;
+  const int64_t taps = a.tap_count;
   const float* in = a.in + ox;
   int64_t j = 0;
   for (; j + 6 <= a.full_channels; j += 6) {

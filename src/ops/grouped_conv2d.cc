@@ -1,11 +1,12 @@
-// bmx_grouped_conv2d: a grouped float convolution with few input channels per group, equal bit
-// for bit to MXNet 1.9.1's Convolution where oneDNN runs it as its AVX2 gemm convolution
-// (kernels/group_conv.h says which sums; the converter checks the equality on a probe before it
-// uses this).
+// bmx_grouped_conv2d: a float convolution with few input channels per group, equal bit for bit
+// to MXNet 1.9.1's Convolution where oneDNN sums it in the order the attribute `order` names
+// (kernels/group_conv.h; the converter checks the equality on probes before it uses this).
 //
 // Inputs: data float32 (N, C, H, W); weight float32 (num_filter, C / num_group, kh, kw), as
 // Convolution's. Attributes: kernel, stride, pad, num_filter, num_group (as Convolution; no bias,
-// no dilation). Output float32 (N, num_filter, H_out, W_out) in plain NCHW.
+// no dilation); order "gemm" (default) or "direct", block (direct's input channel block, 8).
+// Output float32 (N, num_filter, H_out, W_out) in plain NCHW.
+#include <string>
 #include <vector>
 
 #include "kernels/group_conv.h"
@@ -24,19 +25,33 @@ constexpr int64_t kMaxChannels = 1 << 20;
 constexpr const char* kInputs[] = {"data", "weight"};
 
 struct GroupedConvAttrs {
-  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, num_filter, num_group;
+  int64_t kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, num_filter, num_group, block;
+  bmx::SumOrder order;
 };
+
+bool read_order(const bmx::ops::Attrs& attrs, bmx::SumOrder* order) {
+  const auto it = attrs.find("order");
+  const std::string value = it == attrs.end() ? "gemm" : it->second;
+  if (value != "gemm" && value != "direct") {
+    MX_ERROR_MSG << kOp << ": order must be 'gemm' or 'direct', got '" << value << "'";
+    return false;
+  }
+  *order = value == "gemm" ? bmx::SumOrder::kGemm : bmx::SumOrder::kDirect;
+  return true;
+}
 
 bool parse(const bmx::ops::Attrs& attrs, GroupedConvAttrs* a) {
   using namespace bmx::ops;
-  if (!check_attr_names(kOp, attrs, {"kernel", "stride", "pad", "num_filter", "num_group"}))
+  if (!check_attr_names(kOp, attrs,
+                        {"kernel", "stride", "pad", "num_filter", "num_group", "order", "block"}))
     return false;
   if (!require_attrs(kOp, attrs, {"kernel", "num_filter"}, "")) return false;
   return read_pair(kOp, attrs, "kernel", 1, 1, kMaxWindow, &a->kernel_h, &a->kernel_w) &&
          read_pair(kOp, attrs, "stride", 1, 1, kMaxWindow, &a->stride_h, &a->stride_w) &&
          read_pair(kOp, attrs, "pad", 0, 0, kMaxWindow, &a->pad_h, &a->pad_w) &&
          read_int(kOp, attrs, "num_filter", 1, 1, kMaxChannels, &a->num_filter) &&
-         read_int(kOp, attrs, "num_group", 1, 1, kMaxChannels, &a->num_group);
+         read_int(kOp, attrs, "num_group", 1, 1, kMaxChannels, &a->num_group) &&
+         read_int(kOp, attrs, "block", 8, 1, kMaxChannels, &a->block) && read_order(attrs, &a->order);
 }
 
 bmx::GroupConvParams params(const GroupedConvAttrs& a, const std::vector<int64_t>& shape) {
@@ -53,6 +68,8 @@ bmx::GroupConvParams params(const GroupedConvAttrs& a, const std::vector<int64_t
   p.stride_w = a.stride_w;
   p.pad_h = a.pad_h;
   p.pad_w = a.pad_w;
+  p.order = a.order;
+  p.block = a.block;
   return p;
 }
 
@@ -110,7 +127,7 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
   return mxnet::ext::MX_SUCCESS;
 }
 
-// One graph node's convolution: its attributes and its threads' buffers.
+// One graph node's convolution: its attributes and its scratch.
 class GroupedConvState : public bmx::ops::OpState {
  public:
   explicit GroupedConvState(const GroupedConvAttrs& a) : a_(a) {}
@@ -120,13 +137,13 @@ class GroupedConvState : public bmx::ops::OpState {
     bmx::ops::forget_reported_errors();
     MXTensor& x = (*inputs)[0];
     bmx::group_conv(x.data<float>(), (*inputs)[1].data<float>(), params(a_, x.shape),
-                    (*outputs)[0].data<float>(), &buffers_);
+                    (*outputs)[0].data<float>(), &scratch_);
     return mxnet::ext::MX_SUCCESS;
   }
 
  private:
   const GroupedConvAttrs a_;
-  bmx::ThreadBuffers<float> buffers_;
+  bmx::GroupConvScratch scratch_;
 };
 
 MXReturnValue create_state(const bmx::ops::Attrs& attrs, const mxnet::ext::MXContext& ctx,
