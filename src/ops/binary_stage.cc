@@ -152,15 +152,8 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
                                "(unit input channels,)"))
       return mxnet::ext::MX_FAIL;
   }
-  if (!check_rank(kOp, *in_shapes, 0, "data", 4, "N, C, H, W")) return mxnet::ext::MX_FAIL;
+  if (!check_known_nchw(kOp, *in_shapes)) return mxnet::ext::MX_FAIL;
   const auto& s = (*in_shapes)[0];
-  for (unsigned int dim : s) {
-    if (dim_is_empty_or_unknown(dim)) {
-      MX_ERROR_MSG << kOp << ": input 'data' must have a known shape without empty dimensions, "
-                   << "got shape " << shape_str(s);
-      return mxnet::ext::MX_FAIL;
-    }
-  }
   if (s[1] != a.in_channels) {
     MX_ERROR_MSG << kOp << ": input 'data' has " << s[1] << " channels but in_channels="
                  << a.in_channels << "; got shape " << shape_str(s);

@@ -83,12 +83,8 @@ MXReturnValue parse_attrs(const bmx::ops::Attrs& attrs, int* num_in, int* num_ou
 
 MXReturnValue infer_type(const bmx::ops::Attrs& attrs, std::vector<int>* in_types,
                          std::vector<int>* out_types) {
-  for (size_t i = 0; i < in_types->size(); ++i) {
-    if (!bmx::ops::assign_or_check_dtype(kOp, in_types, i, kInputs[i], MXDType::kFloat32))
-      return mxnet::ext::MX_FAIL;
-  }
-  (*out_types)[0] = MXDType::kFloat32;
-  return mxnet::ext::MX_SUCCESS;
+  return bmx::ops::all_float32(kOp, kInputs, in_types, out_types) ? mxnet::ext::MX_SUCCESS
+                                                                   : mxnet::ext::MX_FAIL;
 }
 
 MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_shapes,
@@ -96,15 +92,8 @@ MXReturnValue infer_shape(const bmx::ops::Attrs& attrs, bmx::ops::Shapes* in_sha
   using namespace bmx::ops;
   GroupedConvAttrs a;
   if (!parse(attrs, &a)) return mxnet::ext::MX_FAIL;
-  if (!check_rank(kOp, *in_shapes, 0, "data", 4, "N, C, H, W")) return mxnet::ext::MX_FAIL;
+  if (!check_known_nchw(kOp, *in_shapes)) return mxnet::ext::MX_FAIL;
   const auto& s = (*in_shapes)[0];
-  for (unsigned int dim : s) {
-    if (dim_is_empty_or_unknown(dim)) {
-      MX_ERROR_MSG << kOp << ": input 'data' must have a known shape without empty dimensions, "
-                   << "got shape " << shape_str(s);
-      return mxnet::ext::MX_FAIL;
-    }
-  }
   if (s[1] % a.num_group != 0 || a.num_filter % a.num_group != 0) {
     MX_ERROR_MSG << kOp << ": num_group=" << a.num_group << " must divide the input channels ("
                  << s[1] << ") and num_filter (" << a.num_filter << ")";

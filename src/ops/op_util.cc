@@ -361,5 +361,28 @@ bool check_threshold_signs(const char* op, const std::string& name, const float*
   return true;
 }
 
+bool check_known_nchw(const char* op, const Shapes& shapes) {
+  if (!check_rank(op, shapes, 0, "data", 4, "N, C, H, W")) return false;
+  const auto& s = shapes[0];
+  for (unsigned int dim : s) {
+    if (dim_is_empty_or_unknown(dim)) {
+      MX_ERROR_MSG << op << ": input 'data' must have a known shape without empty dimensions, "
+                   << "got shape " << shape_str(s);
+      return false;
+    }
+  }
+  return true;
+}
+
+bool all_float32(const char* op, const char* const* names, std::vector<int>* in_types,
+                 std::vector<int>* out_types) {
+  for (size_t i = 0; i < in_types->size(); ++i) {
+    if (!assign_or_check_dtype(op, in_types, i, names[i], mxnet::ext::MXDType::kFloat32))
+      return false;
+  }
+  (*out_types)[0] = mxnet::ext::MXDType::kFloat32;
+  return true;
+}
+
 }  // namespace ops
 }  // namespace bmx

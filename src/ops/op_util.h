@@ -75,6 +75,14 @@ bool assign_or_check_dtype(const char* op, std::vector<int>* types, size_t index
 bool assign_or_check_shape(const char* op, Shapes* shapes, size_t index, const char* name,
                            const std::vector<unsigned int>& expected, const char* formula);
 
+// Shape inference of an NCHW input 'data' (input 0): rank 4 and every dimension known and
+// non-empty, else a message.
+bool check_known_nchw(const char* op, const Shapes& shapes);
+
+// Type inference of an op whose inputs (named by `names`) and one output are all float32.
+bool all_float32(const char* op, const char* const* names, std::vector<int>* in_types,
+                 std::vector<int>* out_types);
+
 // MXNet passes an unknown dimension (0 in legacy shapes, e.g. a batch left open in
 // infer_shape) as (unsigned)-1 and may pass 0; both mean there is nothing to compute on.
 inline bool dim_is_empty_or_unknown(unsigned int dim) {
