@@ -65,12 +65,23 @@ inline void pack16(const float* x, int64_t channel_stride, int bits, const float
   }
 #define BMX_GROUP_STORE(c)                                                  \
   if (C > c) {                                                              \
-    _mm256_storeu_ps(out + c * a.out_channel_stride, acc##c##_0);           \
+    store_outputs(out + c * a.out_channel_stride, acc##c##_0, count);        \
     if (V > 1) _mm256_storeu_ps(out + c * a.out_channel_stride + 8, acc##c##_1); \
   }
+
+// The first `count` (1 .. 8) lanes of v to out.
+inline void store_outputs(float* out, __m256 v, int count) {
+  if (count == 8) {
+    _mm256_storeu_ps(out, v);
+    return;
+  }
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  _mm256_maskstore_ps(out, _mm256_cmpgt_epi32(_mm256_set1_epi32(count), lane), v);
+}
+// V = 2: 16 outputs; V = 1: the first `count` of 8 (lanes past them read the scratch's slack).
 template <int V, int C>
 inline void group_chains(const GroupConvRowArgs& a, const float* in, const float* w,
-                         int64_t taps, float* out) {
+                         int64_t taps, float* out, int count) {
   const __m256 zero = _mm256_setzero_ps();
   __m256 acc0_0 = zero, acc0_1 = zero, acc1_0 = zero, acc1_1 = zero, acc2_0 = zero,
          acc2_1 = zero, acc3_0 = zero, acc3_1 = zero, acc4_0 = zero, acc4_1 = zero,
@@ -90,7 +101,7 @@ inline void group_chains(const GroupConvRowArgs& a, const float* in, const float
 
 template <int V>
 inline void group_pairs(const GroupConvRowArgs& a, const float* in, const float* w,
-                        float* out) {
+                        float* out, int count) {
   // `next` takes the next tap, then the two swap: even and odd taps alternate between them.
   const __m256 zero = _mm256_setzero_ps();
   __m256 next0 = zero, next1 = zero, other0 = zero, other1 = zero;
@@ -106,30 +117,31 @@ inline void group_pairs(const GroupConvRowArgs& a, const float* in, const float*
       other1 = sum1;
     }
   }
-  _mm256_storeu_ps(out, _mm256_add_ps(next0, other0));
+  store_outputs(out, _mm256_add_ps(next0, other0), count);
   if (V > 1) _mm256_storeu_ps(out + 8, _mm256_add_ps(next1, other1));
 }
 
 template <int V>
-inline void group_conv_vec(const GroupConvRowArgs& a, int64_t ox) {
+inline void group_conv_vec(const GroupConvRowArgs& a, int64_t ox, int count) {
   const int64_t taps = a.tap_count;
   const float* in = a.in + ox;
   int64_t j = 0;
   for (; j + 6 <= a.full_channels; j += 6) {
-    group_chains<V, 6>(a, in, a.weight + j * taps, taps, a.out + j * a.out_channel_stride + ox);
+    group_chains<V, 6>(a, in, a.weight + j * taps, taps, a.out + j * a.out_channel_stride + ox,
+                       count);
   }
   const float* w = a.weight + j * taps;
   float* out = a.out + j * a.out_channel_stride + ox;
   switch (a.full_channels - j) {
-    case 1: group_chains<V, 1>(a, in, w, taps, out); break;
-    case 2: group_chains<V, 2>(a, in, w, taps, out); break;
-    case 3: group_chains<V, 3>(a, in, w, taps, out); break;
-    case 4: group_chains<V, 4>(a, in, w, taps, out); break;
-    case 5: group_chains<V, 5>(a, in, w, taps, out); break;
+    case 1: group_chains<V, 1>(a, in, w, taps, out, count); break;
+    case 2: group_chains<V, 2>(a, in, w, taps, out, count); break;
+    case 3: group_chains<V, 3>(a, in, w, taps, out, count); break;
+    case 4: group_chains<V, 4>(a, in, w, taps, out, count); break;
+    case 5: group_chains<V, 5>(a, in, w, taps, out, count); break;
     default: break;
   }
   for (j = a.full_channels; j < a.out_channels; ++j) {
-    group_pairs<V>(a, in, a.weight + j * taps, a.out + j * a.out_channel_stride + ox);
+    group_pairs<V>(a, in, a.weight + j * taps, a.out + j * a.out_channel_stride + ox, count);
   }
 }
 

@@ -74,7 +74,8 @@ void group_conv(const float* x, const float* weight, const GroupConvParams& p, f
   const RowLayout layout(p, band_in_rows);
   order_taps(p, layout, weight, scratch);
   // Per thread: the band's input rows of the group's channels, zero padding around them.
-  scratch->rows.reserve(threads, cg * layout.channel_stride);
+  // (+ 8: a partial vector of outputs reads up to 8 floats past the last row)
+  scratch->rows.reserve(threads, cg * layout.channel_stride + 8);
   const int64_t sw = p.stride_w;
   parallel_for(threads, planes * bands, [&](int64_t item, int thread) {
     const int64_t plane = item / bands, band = item % bands;

@@ -2,8 +2,9 @@
 // once and compiled by each conv_isa_*.cc for its instruction set: included inside that file's
 // target pragma and its own namespace, under the rules of conv_isa_impl.h (no std:: templates; no
 // include guard). Not a public header. A file that defines BMX_ISA_HAS_GROUP_CONV_VEC provides
-// group_conv_vec<V>(args, ox), which computes the 8 * V neighbouring outputs of a row from ox on
-// exactly as one_output below does.
+// group_conv_vec<V>(args, ox, count), which computes the 8 * V neighbouring outputs of a row from ox
+// on (V = 1: only the first count) exactly as one_output below does, reading up to 8 floats past
+// the last input row (group_conv.cc keeps them in its scratch).
 //
 // __builtin_fmaf is one rounding wherever it runs (an instruction with FMA, libm's fmaf without);
 // the library is built with -ffp-contract=off, so a product and a sum written apart stay two
@@ -53,8 +54,12 @@ inline void one_output(const GroupConvRowArgs& a, int64_t ox, bool paired) {
 inline void group_conv_row(const GroupConvRowArgs& a) {
   int64_t ox = 0;
 #ifdef BMX_ISA_HAS_GROUP_CONV_VEC
-  for (; ox + 16 <= a.paired_from; ox += 16) group_conv_vec<2>(a, ox);
-  for (; ox + 8 <= a.paired_from; ox += 8) group_conv_vec<1>(a, ox);
+  for (; ox + 16 <= a.paired_from; ox += 16) group_conv_vec<2>(a, ox, 8);
+  while (ox < a.paired_from) {
+    const int count = static_cast<int>(a.paired_from - ox < 8 ? a.paired_from - ox : 8);
+    group_conv_vec<1>(a, ox, count);
+    ox += count;
+  }
 #endif
   for (; ox < a.out_w; ++ox) one_output(a, ox, ox >= a.paired_from);
 }
