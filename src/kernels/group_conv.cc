@@ -103,8 +103,10 @@ void group_conv(const float* x, const float* weight, const GroupConvParams& p, f
         for (int64_t q = 0; q < sw; ++q) {
           // phase[i] = line[q + i * sw - pad_w] for i in [lo, hi), padding around
           float* phase = dst + q * layout.phase_w;
-          const int64_t lo = std::min(layout.phase_w, std::max<int64_t>(0, (p.pad_w - q + sw - 1) / sw));
-          const int64_t hi = std::max(lo, std::min(layout.phase_w, (p.in_w + p.pad_w - q + sw - 1) / sw));
+          const int64_t lo =
+              std::min(layout.phase_w, std::max<int64_t>(0, (p.pad_w - q + sw - 1) / sw));
+          const int64_t hi =
+              std::max(lo, std::min(layout.phase_w, (p.in_w + p.pad_w - q + sw - 1) / sw));
           std::fill(phase, phase + lo, 0.0f);
           const float* from = line + q + lo * sw - p.pad_w;
           for (int64_t i = 0; i < hi - lo; ++i) phase[lo + i] = from[i * sw];

@@ -2,9 +2,9 @@
 // once and compiled by each conv_isa_*.cc for its instruction set: included inside that file's
 // target pragma and its own namespace, under the rules of conv_isa_impl.h (no std:: templates; no
 // include guard). Not a public header. A file that defines BMX_ISA_HAS_GROUP_CONV_VEC provides
-// group_conv_vec<V>(args, ox, count), which computes the 8 * V neighbouring outputs of a row from ox
-// on (V = 1: only the first count) exactly as one_output below does, reading up to 8 floats past
-// the last input row (group_conv.cc keeps them in its scratch).
+// group_conv_vec<V>(args, ox, count), which computes the 8 * V neighbouring outputs of a row from
+// ox on (V = 1: only the first count) exactly as one_output below does, reading up to 8 floats
+// past the last input row (group_conv.cc keeps them in its scratch).
 //
 // __builtin_fmaf is one rounding wherever it runs (an instruction with FMA, libm's fmaf without);
 // the library is built with -ffp-contract=off, so a product and a sum written apart stay two

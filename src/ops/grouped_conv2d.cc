@@ -51,7 +51,8 @@ bool parse(const bmx::ops::Attrs& attrs, GroupedConvAttrs* a) {
          read_pair(kOp, attrs, "pad", 0, 0, kMaxWindow, &a->pad_h, &a->pad_w) &&
          read_int(kOp, attrs, "num_filter", 1, 1, kMaxChannels, &a->num_filter) &&
          read_int(kOp, attrs, "num_group", 1, 1, kMaxChannels, &a->num_group) &&
-         read_int(kOp, attrs, "block", 8, 1, kMaxChannels, &a->block) && read_order(attrs, &a->order);
+         read_int(kOp, attrs, "block", 8, 1, kMaxChannels, &a->block) &&
+         read_order(attrs, &a->order);
 }
 
 bmx::GroupConvParams params(const GroupedConvAttrs& a, const std::vector<int64_t>& shape) {
