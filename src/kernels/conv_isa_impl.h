@@ -177,9 +177,27 @@ inline void emit(const int32_t* counts, int64_t n, int32_t fan_in, float scale,
   }
 }
 
+// A tile's lanes as runs of pixels of one output row: worked out once per tile, not per channel
+// (the divisions cost more than a channel's outputs).
+struct LaneRun {
+  int64_t lane, valid, at;
+};
+constexpr int kMaxLaneRuns = 64;  // a run has at least one lane; tiles have at most 32
+
 template <OutputMode kMode, bool kAdd, bool kContiguous, bool kPost>
 void finish_as(const FinishArgs& f) {
   const int32_t fan_in = static_cast<int32_t>(f.fan_in);
+  LaneRun runs[kMaxLaneRuns];
+  int count = 0;
+  int64_t lane = 0, q = f.first_lane;
+  while (lane < f.lanes && count < kMaxLaneRuns) {
+    const int64_t y = q / f.plane_w, x = q % f.plane_w;
+    if (y >= f.out_h) break;
+    const int64_t run = min64(f.plane_w - x, f.lanes - lane);
+    runs[count++] = {lane, max64(0, min64(run, f.out_w - x)), (y * f.out_w + x) * f.pixel_stride};
+    lane += run;
+    q += run;
+  }
   for (int c = 0; c < f.channels; ++c) {
     const int32_t* src = f.counts + c * f.lanes;
     float* out = f.out + c * f.channel_stride;
@@ -191,18 +209,10 @@ void finish_as(const FinishArgs& f) {
       post.scale = f.post.scale[c];
       post.beta = f.post.beta[c];
     }
-    int64_t lane = 0, q = f.first_lane;
-    while (lane < f.lanes) {
-      const int64_t y = q / f.plane_w, x = q % f.plane_w;
-      if (y >= f.out_h) break;
-      const int64_t run = min64(f.plane_w - x, f.lanes - lane);
-      const int64_t valid = max64(0, min64(run, f.out_w - x));
-      const int64_t at = (y * f.out_w + x) * f.pixel_stride;
-      emit<kMode, kAdd, kContiguous, kPost>(src + lane, valid, fan_in, scale, post,
-                                            kAdd ? addend + at : nullptr, out + at,
-                                            f.pixel_stride);
-      lane += run;
-      q += run;
+    for (int r = 0; r < count; ++r) {
+      emit<kMode, kAdd, kContiguous, kPost>(src + runs[r].lane, runs[r].valid, fan_in, scale,
+                                            post, kAdd ? addend + runs[r].at : nullptr,
+                                            out + runs[r].at, f.pixel_stride);
     }
   }
 }
