@@ -142,7 +142,8 @@ def test_op_sums_in_the_documented_order(width, pad, chained):
     assert out[(0, 7) + pixel] == 2.0 ** 25 + 4
 
 
-@pytest.mark.parametrize("block, expected", [(8, 2.0 ** 25), (1, 2.0 ** 25 + 4)])
+@pytest.mark.parametrize("block, expected",
+                         [(16, 2.0 ** 25), (8, 2.0 ** 25), (1, 2.0 ** 25 + 4)])
 def test_direct_order_sums_over_channel_blocks_then_window(block, expected):
     # 2^25 at (channel 1, row 0, column 0), then four ones: channel 0 at (0, 1), (1, 0), (1, 1)
     # and channel 1 at (0, 1). Blocks of 8 channels sum (row, column, channel): 2^25 comes
