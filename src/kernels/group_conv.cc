@@ -30,7 +30,8 @@ void order_taps(const GroupConvParams& p, const RowLayout& layout, const float* 
   s->weights.resize(p.out_channels * taps);
   std::vector<int64_t>& order = s->taps;  // first the weight index of each tap
   int64_t t = 0;
-  const int64_t block = p.order == SumOrder::kDirect ? std::max<int64_t>(p.block, 1) : cg;
+  // kGemm's (c, ky, kx) is the direct order with blocks of one channel.
+  const int64_t block = p.order == SumOrder::kDirect ? std::max<int64_t>(p.block, 1) : 1;
   for (int64_t c0 = 0; c0 < cg; c0 += block) {
     const int64_t c1 = std::min(cg, c0 + block);
     for (int64_t ky = 0; ky < p.kernel_h; ++ky) {
@@ -39,7 +40,6 @@ void order_taps(const GroupConvParams& p, const RowLayout& layout, const float* 
       }
     }
   }
-  if (p.order == SumOrder::kGemm) std::sort(order.begin(), order.end());  // (c, ky, kx)
   for (int64_t o = 0; o < p.out_channels; ++o) {
     for (t = 0; t < taps; ++t) s->weights[o * taps + t] = weight[o * taps + order[t]];
   }
